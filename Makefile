@@ -17,8 +17,8 @@ setup-real: setup
 demo: setup-real
 	$(PYTHON) -m hypergrad.demo
 
-test: setup cuda-objects
-	$(PYTHON) -m pytest -q
+test: setup-real cuda-objects
+	AUTOLORA_REQUIRE_EXT=1 $(PYTHON) -m pytest -q
 
 # Compile the CUDA kernel sources to object code wherever nvcc exists, so a CUDA syntax error cannot land
 # on a machine without a GPU. Nothing is run.

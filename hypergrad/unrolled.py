@@ -1,0 +1,105 @@
+"""Hypergradients through unrolled SGD steps on the inner (training) loss.
+
+One step (AutoLoRA, Zhang et al. 2024, Eq. 4-5; DARTS, Liu et al. 2019, section 2.3), with g = grad_W Ltr(W, A):
+
+    W' = W - eta * g
+    h  = grad_A Lval(W', A) - eta * [d^2 Ltr / dA dW](W, A) . v,      v = grad_W Lval(W', A)
+
+method "exact" forms the mixed term by double backward, "finite_difference" by the central difference of
+:func:`~hypergrad.products.mixed_vp_fd`, and "first_order" drops it (h = grad_A Lval(W', A), W' held constant).
+:func:`one_step_hypergrad` is shared by :func:`unrolled_hypergrad` and :class:`~hypergrad.BilevelOptimizer`.
+"""
+from typing import Callable, Optional, Sequence
+
+from torch import Tensor
+
+from ._validation import (as_tensor_tuple, check_choice, check_count, check_finite, check_real,
+                          check_scalar_loss)
+from .products import grad_or_zeros, mixed_vp, mixed_vp_fd
+from .rng import RngState, capture_rng_state
+from .tensor_tuples import Tensors, detached
+
+LossFn = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
+UNROLLED_METHODS = ("exact", "finite_difference", "first_order")
+
+
+def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hparams: Tensors,
+                       train_grads: Tensors, *, lr: float, method: str, fd_radius: float = 0.01,
+                       rng_state: Optional[RngState] = None) -> tuple[Tensors, Tensor]:
+    """Return (h, Lval(W', A)) for one SGD step W' = W - lr * train_grads.
+
+    ``train_grads`` is grad_W Ltr(W, A), computed by the caller from ``rng_state`` (with ``create_graph=True`` for
+    method "exact", whose mixed term differentiates it). The finite-difference passes replay ``rng_state``.
+    Raises NonFiniteHypergradError rather than returning NaN/Inf."""
+    method = check_choice("method", method, UNROLLED_METHODS)
+    lookahead = tuple((p.detach() - lr * g.detach()).requires_grad_(method != "first_order")
+                      for p, g in zip(params, train_grads))
+    val = check_scalar_loss("val_loss", val_loss(lookahead, hparams))
+    if method == "first_order":
+        h = grad_or_zeros(val, hparams)
+    else:
+        grads = grad_or_zeros(val, lookahead + hparams)
+        v, direct = grads[:len(params)], grads[len(params):]
+        if method == "exact":
+            mixed = mixed_vp(train_grads, hparams, v)
+        else:
+            mixed = mixed_vp_fd(train_loss, params, hparams, v, radius=fd_radius, rng_state=rng_state)
+        h = tuple(d - lr * m for d, m in zip(direct, mixed))
+    check_finite("hypergradient", h)
+    return detached(h), val.detach()
+
+
+def sgd_steps(train_loss: LossFn, params: Tensors, hparams: Tensors, *, lr: float, steps: int,
+              differentiable: bool) -> Tensors:
+    """W_{k+1} = W_k - lr * grad_W Ltr(W_k, A) for ``steps`` steps from W_0 = params.
+
+    With ``differentiable`` the steps stay in the autograd graph (memory grows linearly with ``steps``: every
+    step keeps its forward activations and its gradient graph); otherwise each step starts from detached weights."""
+    weights = params
+    for _ in range(steps):
+        if not differentiable:
+            weights = tuple(w.detach().requires_grad_() for w in weights)
+        loss = check_scalar_loss("train_loss", train_loss(weights, hparams))
+        grads = grad_or_zeros(loss, weights, create_graph=differentiable)
+        stepped = tuple(w - lr * g for w, g in zip(weights, grads))
+        weights = stepped if differentiable else detached(stepped)
+    return weights
+
+
+def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Tensor], hparams: Sequence[Tensor],
+                       *, lr: float, method: str = "exact", steps: int = 1, fd_radius: float = 0.01) -> Tensors:
+    """d Lval(W_K, A) / dA with W_K from ``steps`` = K plain SGD steps of size ``lr`` on Ltr from W_0 = params.
+
+    ``train_loss(params, hparams)`` and ``val_loss(params, hparams)`` take sequences of tensors and return scalars.
+    Methods:
+
+    * "exact": reverse mode through the K steps (K = 1: direct term minus lr times the double-backward mixed
+      term). Equals autograd through the explicit update; memory grows linearly with K.
+    * "finite_difference": K = 1 only; mixed term by central difference with radius ``fd_radius`` (DARTS).
+    * "first_order": the direct term only, h = grad_A Lval(W_K, A) with W_K held constant.
+
+    Returns one tensor per hyper-parameter (zeros where the losses do not depend on it). The inputs are neither
+    modified nor given a ``.grad``. Raises NonFiniteHypergradError instead of returning NaN/Inf.
+    """
+    params = as_tensor_tuple("params", params)
+    hparams = as_tensor_tuple("hparams", hparams)
+    method = check_choice("method", method, UNROLLED_METHODS)
+    steps = check_count("steps", steps)
+    lr = check_real("lr", lr, positive=False)
+    fd_radius = check_real("fd_radius", fd_radius, positive=True)
+    if method == "finite_difference" and steps != 1:
+        raise ValueError("method='finite_difference' supports steps=1 only; use method='exact' for steps > 1")
+    if method == "exact" and steps > 1:
+        final = sgd_steps(train_loss, params, hparams, lr=lr, steps=steps, differentiable=True)
+        h = grad_or_zeros(check_scalar_loss("val_loss", val_loss(final, hparams)), hparams)
+        check_finite("hypergradient", h)
+        return detached(h)
+    start = params if steps == 1 else tuple(
+        w.requires_grad_() for w in sgd_steps(train_loss, params, hparams, lr=lr, steps=steps - 1,
+                                               differentiable=False))
+    rng_state = capture_rng_state()
+    loss = check_scalar_loss("train_loss", train_loss(start, hparams))
+    train_grads = grad_or_zeros(loss, start, create_graph=method == "exact")
+    h, _ = one_step_hypergrad(train_loss, val_loss, start, hparams, train_grads, lr=lr, method=method,
+                              fd_radius=fd_radius, rng_state=rng_state)
+    return h
