@@ -1,0 +1,17 @@
+"""AutoLoRA: LoRA with learned per-layer ranks (selection variables searched by bilevel optimisation)."""
+from autolora.config import DEFAULT_HEAD_NAMES, DEFAULT_TARGET_MODULES, AutoLoRAConfig
+from autolora.export import export_peft_adapter
+from autolora.layers import AutoLoRAFusedQKV, AutoLoRALinear, SelectionWeightedLoRA
+from autolora.model import (adapter_branches, adapter_modules, alphas, get_autolora_model, head_parameters,
+                            lora_parameters, merge_adapters, ranks, selection_parameters, unmerge_adapters)
+from autolora.selection import SELECTION_MODES, alpha_from_logits, rank_from_alpha, selected_components, \
+    selection_threshold
+
+__all__ = [
+    "AutoLoRAConfig", "DEFAULT_TARGET_MODULES", "DEFAULT_HEAD_NAMES",
+    "AutoLoRALinear", "AutoLoRAFusedQKV", "SelectionWeightedLoRA",
+    "get_autolora_model", "ranks", "alphas", "lora_parameters", "selection_parameters", "head_parameters",
+    "adapter_modules", "adapter_branches", "merge_adapters", "unmerge_adapters",
+    "export_peft_adapter",
+    "SELECTION_MODES", "alpha_from_logits", "selection_threshold", "selected_components", "rank_from_alpha",
+]
