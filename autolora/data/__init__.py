@@ -1,0 +1,24 @@
+"""Task data for AutoLoRA: user files, built-in offline tasks, GLUE, splits and padded batches.
+
+Every source is first read into a :class:`RawTask` (untokenised texts and label ids per split), then
+:func:`tokenize_task` turns it into a :class:`TaskData` whose splits are ``datasets.Dataset`` objects with the
+columns ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer makes them) and ``labels``.
+
+Label conventions: classification labels are int64 class ids, regression labels float32, token-classification
+labels one int64 tag id per sub-token with ``-100`` on special tokens and on every sub-token after a word's first.
+"""
+from __future__ import annotations
+
+from ..metrics import TASK_TYPES
+from .batching import collate_padded, make_loader
+from .builtin import (BUILTIN_TASKS, CLASSIFICATION_METRICS, REGRESSION_METRICS, TOKEN_CLASSIFICATION_METRICS,
+                      load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes, read_wnut16)
+from .files import load_files
+from .splits import split_in_two
+from .task import SPLITS, RawSplit, RawTask, TaskData, tokenize_task
+
+__all__ = [
+    "TASK_TYPES", "SPLITS", "BUILTIN_TASKS", "TaskData", "RawSplit", "RawTask", "tokenize_task", "split_in_two",
+    "make_loader", "collate_padded", "load_files", "read_rotten_tomatoes", "read_wnut16", "read_glue",
+    "read_builtin_task", "load_builtin_task",
+]
