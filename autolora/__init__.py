@@ -2,8 +2,11 @@
 from autolora.config import DEFAULT_HEAD_NAMES, DEFAULT_TARGET_MODULES, AutoLoRAConfig
 from autolora.export import export_peft_adapter
 from autolora.layers import AutoLoRAFusedQKV, AutoLoRALinear, SelectionWeightedLoRA
+from autolora.evaluation import evaluate, predict
 from autolora.model import (adapter_branches, adapter_modules, alphas, get_autolora_model, head_parameters,
                             lora_parameters, merge_adapters, ranks, selection_parameters, unmerge_adapters)
+from autolora.rank_search import SearchResult, search
+from autolora.retrain import TrainResult, build_retrain_model, train
 from autolora.selection import SELECTION_MODES, alpha_from_logits, rank_from_alpha, selected_components, \
     selection_threshold
 
@@ -13,5 +16,6 @@ __all__ = [
     "get_autolora_model", "ranks", "alphas", "lora_parameters", "selection_parameters", "head_parameters",
     "adapter_modules", "adapter_branches", "merge_adapters", "unmerge_adapters",
     "export_peft_adapter",
+    "search", "SearchResult", "build_retrain_model", "train", "TrainResult", "evaluate", "predict",
     "SELECTION_MODES", "alpha_from_logits", "selection_threshold", "selected_components", "rank_from_alpha",
 ]

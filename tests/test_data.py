@@ -128,6 +128,22 @@ def test_regression_labels_are_float32_and_classification_int64(tmp_path, tokeni
     assert batch["labels"].dtype == torch.int64 and batch["labels"].tolist() == [1, 0]
 
 
+def test_max_examples_keeps_a_seeded_sample_of_the_training_file_only(tmp_path, tokenizer):
+    rows = [{"s": "good " * (i + 1), "y": str(i % 2)} for i in range(10)]
+    train = write_table(tmp_path / "train.csv", rows)
+    test = write_table(tmp_path / "test.csv", rows[:3])
+    load = lambda seed: load_files(train, test_file=test, task_type="classification", text_column="s",
+                                   label_column="y", tokenizer=tokenizer, max_examples=4, seed=seed)
+    lengths = lambda split: sorted(len(ids) for ids in split["input_ids"])
+    first, again, other = load(0), load(0), load(1)
+    assert len(first.train) == 4 and len(first.test) == 3
+    assert lengths(first.train) == lengths(again.train)           # same seed, same sample
+    assert set(lengths(first.train)) < set(lengths(load_files(train, task_type="classification", text_column="s",
+                                                              label_column="y", tokenizer=tokenizer).train))
+    assert lengths(first.train) != lengths(other.train)           # another seed, another sample
+    assert lengths(first.train) != [3, 4, 5, 6]                    # the first four rows ([CLS] good*k [SEP])
+
+
 def test_label_names_fix_the_mapping_of_string_labels(tmp_path, tokenizer):
     train = write_table(tmp_path / "train.json", [{"s": "good", "y": "pos"}, {"s": "bad", "y": "neg"}])
     task = load_files(train, task_type="classification", text_column="s", label_column="y", tokenizer=tokenizer,

@@ -7,6 +7,7 @@ import os
 
 from ..metrics import check_task_type
 from .labels import _label_ids, _regression_labels, _unflatten
+from .splits import _cap_train
 from .task import RawSplit, RawTask, TaskData, tokenize_task
 
 
@@ -22,6 +23,8 @@ def load_files(
     tokenizer,
     max_length: int = 128,
     label_names: list[str] | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
 ) -> TaskData:
     """Read and tokenise CSV / TSV / JSON / JSONL files (format from the extension).
 
@@ -32,6 +35,7 @@ def load_files(
     Regression labels must parse as finite floats. For token classification ``text_column`` holds a list of words
     (JSON) or a space-separated string, ``label_column`` a list (or space-separated string) of tag strings or of
     integer ids; tag strings without ``label_names`` are sorted with "O" first, integer tags need ``label_names``.
+    ``max_examples`` keeps that many training examples drawn with ``seed`` (as for the built-in tasks).
     """
     check_task_type(task_type)
     if text_pair_column and task_type == "token-classification":
@@ -40,7 +44,7 @@ def load_files(
     columns = [text_column, label_column] + ([text_pair_column] if text_pair_column else [])
     records = {name: _read_records(path, columns, label_column) for name, path in paths.items() if path is not None}
     raw = _raw_task_from_records(records, task_type, text_column, label_column, text_pair_column, label_names)
-    return tokenize_task(raw, tokenizer, max_length=max_length)
+    return tokenize_task(_cap_train(raw, max_examples, seed), tokenizer, max_length=max_length)
 
 
 def _read_records(path, columns: list[str], label_column: str) -> list[dict]:

