@@ -11,9 +11,7 @@
 """
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -22,6 +20,7 @@ from torch.func import functional_call
 
 import hypergrad
 from hypergrad.tensor_tuples import dot, global_norm
+from hardware import cpu_model
 
 RADII = (1e-1, 1e-2, 1e-3, 1e-4)
 
@@ -185,14 +184,6 @@ def cost_rows(seed, repeats, d_in, hidden, layers, batch):
     cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return [(k, wall[k], wall[k] / wall["plain"], cpu[k], cpu[k] / cpu["plain"], peaks[k] / 2**20,
              peaks[k] / peaks["plain"]) for k in KINDS]
-
-
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main():

