@@ -70,6 +70,17 @@ __global__ void shrink_kernel(const scalar_t* __restrict__ x, int64_t rows, int6
   }
 }
 
+// tile[t][jj] = coef[(row0 + t) * rank + j0 + jj] for the block's shared ROWS x CHUNK tile, zero outside
+// rows [row0, row_end) and ranks [0, rank). All threads of the block take part; the caller synchronises.
+template <int ROWS, int CHUNK, typename acc_t>
+__device__ void stage_coef_tile(acc_t (&tile)[ROWS][CHUNK], const acc_t* __restrict__ coef, int64_t row0,
+                                int64_t row_end, int64_t j0, int64_t rank) {
+  for (int t = threadIdx.x; t < ROWS * CHUNK; t += blockDim.x) {
+    const int64_t row = row0 + t / CHUNK, j = j0 + t % CHUNK;
+    tile[t / CHUNK][t % CHUNK] = (row < row_end && j < rank) ? coef[row * rank + j] : acc_t(0);
+  }
+}
+
 // y[n, c] = (accumulate ? y[n, c] : 0) + sum_j coef[n, j] m[c, j],  m[c, j] at m[c * m_stride_col + j * m_stride_rank].
 // y is a contiguous rows x cols matrix; each thread owns one column of a kExpandRows-row tile.
 template <typename scalar_t, typename acc_t>
@@ -83,11 +94,7 @@ __global__ void expand_kernel(scalar_t* __restrict__ y, int64_t rows, int64_t co
     acc_t acc[kExpandRows] = {};
     for (int64_t j0 = 0; j0 < rank; j0 += kExpandRankChunk) {
       __syncthreads();
-      for (int t = threadIdx.x; t < kExpandRows * kExpandRankChunk; t += blockDim.x) {
-        const int64_t row = row0 + t / kExpandRankChunk, j = j0 + t % kExpandRankChunk;
-        coef_tile[t / kExpandRankChunk][t % kExpandRankChunk] =
-            (row < rows && j < rank) ? coef[row * rank + j] : acc_t(0);
-      }
+      stage_coef_tile(coef_tile, coef, row0, rows, j0, rank);
       __syncthreads();
       if (col < cols) {
         const int64_t chunk = std::min<int64_t>(kExpandRankChunk, rank - j0);
@@ -123,11 +130,7 @@ __global__ void column_reduce_kernel(const scalar_t* __restrict__ x, int64_t row
     acc_t acc[kReduceRankChunk] = {};
     for (int64_t n0 = row_begin; n0 < row_end; n0 += kReduceRowTile) {
       __syncthreads();
-      for (int t = threadIdx.x; t < kReduceRowTile * kReduceRankChunk; t += blockDim.x) {
-        const int64_t n = n0 + t / kReduceRankChunk, j = j0 + t % kReduceRankChunk;
-        coef_tile[t / kReduceRankChunk][t % kReduceRankChunk] =
-            (n < row_end && j < rank) ? coef[n * rank + j] : acc_t(0);
-      }
+      stage_coef_tile(coef_tile, coef, n0, row_end, j0, rank);
       __syncthreads();
       if (col < cols) {
         const int64_t tile_rows = std::min<int64_t>(kReduceRowTile, row_end - n0);
