@@ -8,9 +8,9 @@ mask, so the op stays deterministic and its gradients flow to both x and lora_x.
 
 Implementations, chosen per call: the ``autolora._C`` extension (``torch.ops.autolora.lora_linear``; CPU kernel in
 float32/float64, CUDA kernel in float32/float64/float16/bfloat16 when it was built) and the pure-PyTorch
-:func:`lora_linear_reference`, used for any other device or dtype, when the extension is absent, or when
-``AUTOLORA_NO_EXT=1``. The extension op is differentiable through ``torch.library.register_autograd``: the first
-backward calls the fused ``autolora::lora_linear_backward``; a backward that must itself be differentiable
+:func:`lora_linear_reference`, used for any other device or dtype, under autocast, when the extension is absent, or
+when ``AUTOLORA_NO_EXT=1``. The extension op is differentiable through ``torch.library.register_autograd``: the
+first backward calls the fused ``autolora::lora_linear_backward``; a backward that must itself be differentiable
 (``create_graph=True``, as in exact hypergradients) runs the same formulas as ATen ops, so double backward works.
 """
 import math
@@ -67,12 +67,23 @@ def lora_linear_reference(x, weight, bias, lora_A, lora_B, alpha, scaling, *, lo
 def lora_linear(x, weight, bias, lora_A, lora_B, alpha, scaling, *, lora_x=None):
     """y = x W^T + b + s * ((lx A^T) * alpha) B^T, lx = lora_x or x; fused kernel where one exists.
 
-    Raises TypeError / ValueError naming the operand to fix when types, dtypes, devices or shapes disagree.
+    Under autocast for x's device type the pure-PyTorch reference runs instead (its F.linear calls cast the
+    operands as autocast prescribes), and the operands' floating dtypes may differ. Raises TypeError / ValueError
+    naming the operand to fix when types, dtypes, devices or shapes disagree.
     """
-    check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x)
-    if _uses_fused_kernel(x):
+    autocast = _autocast_enabled(x)
+    check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x, same_dtype=not autocast)
+    if not autocast and _uses_fused_kernel(x):
         return torch.ops.autolora.lora_linear(x, weight, bias, lora_A, lora_B, alpha, float(scaling), lora_x)
     return lora_linear_reference(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=lora_x)
+
+
+def _autocast_enabled(x):
+    """Whether autocast is on for x's device type (then operand dtypes may differ and F.linear casts them)."""
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except RuntimeError:  # a device type autocast does not know, e.g. meta
+        return False
 
 
 def _uses_fused_kernel(x):
@@ -84,8 +95,11 @@ def _uses_fused_kernel(x):
     return x.dtype in _FUSED_DTYPES.get(x.device.type, ()) and _has_kernel(x.device.type.upper())
 
 
-def check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=None):
-    """Validate the operands of :func:`lora_linear`; the messages say which operand to change and how."""
+def check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=None, same_dtype=True):
+    """Validate the operands of :func:`lora_linear`; the messages say which operand to change and how.
+
+    ``same_dtype=False`` (used under autocast) allows floating dtypes that differ from x's.
+    """
     operands = {"x": x, "weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B, "alpha": alpha,
                 "lora_x": lora_x}
     for name, value in operands.items():
@@ -100,7 +114,7 @@ def check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lo
     for name, value in operands.items():
         if value is None or value is x:
             continue
-        if value.dtype != x.dtype:
+        if value.dtype != x.dtype and (same_dtype or not value.is_floating_point()):
             raise TypeError(f"{name} has dtype {value.dtype} but x has {x.dtype}; cast all operands to one dtype")
         if value.device != x.device:
             raise ValueError(f"{name} is on device {value.device} but x is on {x.device}; move all operands to "

@@ -301,6 +301,27 @@ def test_meta_tensors_give_output_shape():
     assert y.device.type == "meta" and y.shape == (2, 3, 4)
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_cpu_autocast_bfloat16_accepts_mixed_dtypes_and_matches_oracle(x_dtype):
+    """Under CPU autocast (bf16) float32 parameters with a float32 or bfloat16 x (mixed dtypes, rejected outside
+    autocast) give the reference's output under the same autocast, in bfloat16, close to the float64 oracle."""
+    x, weight, bias, lora_A, lora_B, alpha = make_operands((3, 5), 16, 12, 4, dtype=torch.float32, seed=8)
+    x = x.to(x_dtype)
+    params = [t.clone().requires_grad_() for t in (weight, bias, lora_A, lora_B, alpha)]
+    if x_dtype != torch.float32:
+        with pytest.raises(TypeError, match="cast all operands to one dtype"):
+            ops.lora_linear(x, *params, 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.lora_linear(x, *params, 0.5)
+        expected = ops.lora_linear_reference(x, *params, 0.5)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    oracle = einsum_oracle(*float64_leaves([x, weight, bias, lora_A, lora_B, alpha]), 0.5)
+    torch.testing.assert_close(y.double(), oracle, rtol=3e-2, atol=3e-2 * oracle.abs().max().item())
+    grads = torch.autograd.grad(y.float().sum(), params)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 def bad_inputs():
