@@ -84,7 +84,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("rank search")
-    group.add_argument("--search-steps", type=non_negative_int, default=150)
+    group.add_argument("--search-steps", type=non_negative_int, default=300)
     group.add_argument("--method", choices=METHODS, default="finite_difference",
                        help="hypergradient: finite_difference (default), exact, or first_order (eta = 0)")
     group.add_argument("--meta-every", type=positive_int, default=1, help="a meta step every N inner steps")
@@ -96,7 +96,7 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: bool) -> None:
     group = parser.add_argument_group("retraining")
     length = group.add_mutually_exclusive_group()
-    length.add_argument("--retrain-steps", type=non_negative_int, default=400)
+    length.add_argument("--retrain-steps", type=non_negative_int, default=500)
     length.add_argument("--retrain-epochs", type=float, help="instead of --retrain-steps")
     group.add_argument("--retrain-lr", type=float, default=1e-3, help="AdamW lr of the retrained LoRA weights")
     if with_ranks_file:
