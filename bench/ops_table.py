@@ -17,15 +17,14 @@ the table reports each one's median divided by plain's median.
 it counts only this process's work, a steadier measure when other processes share the cores.
 """
 import argparse
-import platform
 import statistics
-import subprocess
 import time
 
 import torch
 import torch.nn.functional as F
 
 from autolora import ops
+from hardware import cpu_model
 
 SHAPES = ((2048, 768, 8), (2048, 384, 8), (4096, 1024, 16))
 SCALING = 2.0
@@ -87,14 +86,6 @@ def interleaved_medians(step, problem, repeats, clock, warmup=3):
             if rep >= warmup:
                 times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
-
-
-def cpu_model():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main():

@@ -34,14 +34,19 @@ def expected_rank(alpha, selection):
     return max(1, int((a >= threshold).sum()))
 
 
+@torch.no_grad()
+def randomise_branch(branch):
+    """Draw B (zero at initialisation) and, where the mode has them, the logits beta from N(0, 1)."""
+    branch.lora_B.normal_()
+    if branch.beta is not None:
+        branch.beta.normal_()
+
+
 def randomised_linear(selection, seed=0, r=K, lora_alpha=3.0):
     """An AutoLoRALinear in float64 with random W, b, A, B and beta."""
     torch.manual_seed(seed)
     layer = AutoLoRALinear(nn.Linear(D_IN, D_OUT).double(), r=r, lora_alpha=lora_alpha, selection=selection)
-    with torch.no_grad():
-        layer.lora_B.normal_()
-        if layer.beta is not None:
-            layer.beta.normal_()
+    randomise_branch(layer)
     return layer
 
 
@@ -207,11 +212,8 @@ def randomised_qkv(d=4, r_q=2, r_v=3, selection="softmax", seed=0):
         conv.weight.normal_()
         conv.bias.normal_()
     layer = AutoLoRAFusedQKV(conv, r_q=r_q, r_v=r_v, lora_alpha=5.0, selection=selection)
-    with torch.no_grad():
-        for branch in (layer.q, layer.v):
-            branch.lora_B.normal_()
-            if branch.beta is not None:
-                branch.beta.normal_()
+    randomise_branch(layer.q)
+    randomise_branch(layer.v)
     return layer
 
 
