@@ -1,17 +1,20 @@
 """Time of the fused LoRA linear against a plain frozen linear, side by side in one run.
 
-For each (N, d, r) with d_in = d_out = d, float32, four ways to compute y = x W^T + b [+ s ((x A^T) alpha) B^T]:
+For each (N, d, r) with d_in = d_out = d, float32, five ways to compute y = x W^T + b [+ s ((x A^T) alpha) B^T]:
 
     plain      F.linear(x, W, b)                                          (frozen linear, the 1.00x baseline)
     peft       F.linear(x, W, b) + F.linear(F.linear(x, A) * alpha, B) * s   (PEFT-style composition)
     reference  autolora.ops.lora_linear_reference
     fused      autolora.ops.lora_linear  (the autolora._C kernel when built)
+    fused_lx   autolora.ops.lora_linear(..., lora_x=x): the path taken with dropout on the LoRA input (the CPU
+               kernel then applies the rank-r term per row instead of folding it into the weight)
 
 "fwd+bwd" times the forward and torch.autograd.grad of <y, G> for x, A, B, alpha (W, b frozen; plain: x only);
 "fwd" times the forward under torch.no_grad(). The candidates run interleaved, one repetition each in turn, and
-the table reports each one's median divided by plain's median.
+each table reports one statistic of each candidate's times (median, or min) divided by the same statistic of
+plain's times. With several ``--statistic`` values the tables come from the same measurements.
 
-    python bench/ops_table.py [--repeats 30] [--seed 0] [--threads T] [--clock wall|cpu]
+    python bench/ops_table.py [--repeats 30] [--seed 0] [--threads T] [--clock wall|cpu] [--statistic median min]
 
 ``--clock cpu`` measures the process's CPU time (time.process_time) instead of wall-clock time: with ``--threads 1``
 it counts only this process's work, a steadier measure when other processes share the cores.
@@ -57,9 +60,13 @@ def fused(p):
     return ops.lora_linear(p["x"], p["weight"], p["bias"], p["lora_A"], p["lora_B"], p["alpha"], SCALING)
 
 
-CANDIDATES = {"plain": plain, "peft": peft, "reference": reference, "fused": fused}
-TRAINABLE = {"plain": ("x",), "peft": ("x", "lora_A", "lora_B", "alpha"),
-             "reference": ("x", "lora_A", "lora_B", "alpha"), "fused": ("x", "lora_A", "lora_B", "alpha")}
+def fused_lx(p):
+    return ops.lora_linear(p["x"], p["weight"], p["bias"], p["lora_A"], p["lora_B"], p["alpha"], SCALING,
+                           lora_x=p["x"])
+
+
+CANDIDATES = {"plain": plain, "peft": peft, "reference": reference, "fused": fused, "fused_lx": fused_lx}
+TRAINABLE = {name: ("x",) if name == "plain" else ("x", "lora_A", "lora_B", "alpha") for name in CANDIDATES}
 
 
 def forward_backward(name, problem):
@@ -76,8 +83,11 @@ def forward_only(name, problem):
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def interleaved_medians(step, problem, repeats, clock, warmup=3):
-    """Median seconds of step(name, problem) per candidate, candidates alternating within each repetition."""
+STATISTICS = {"median": statistics.median, "min": min}
+
+
+def interleaved_times(step, problem, repeats, clock, warmup=3):
+    """Seconds of each repetition of step(name, problem) per candidate, candidates alternating within a repetition."""
     times = {name: [] for name in CANDIDATES}
     for rep in range(warmup + repeats):
         for name in CANDIDATES:
@@ -85,7 +95,7 @@ def interleaved_medians(step, problem, repeats, clock, warmup=3):
             step(name, problem)
             if rep >= warmup:
                 times[name].append(clock() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def main():
@@ -94,21 +104,26 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall-clock or process CPU time")
+    parser.add_argument("--statistic", nargs="+", choices=sorted(STATISTICS), default=["median"],
+                        help="statistic(s) of each candidate's times to report, one table each")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, backend {ops.backend()}, {torch.get_num_threads()} threads, CPU: {cpu_model()}")
-    print(f"float32, seed {args.seed}, {args.repeats} interleaved repetitions, {args.clock} clock, median; "
-          "ratios to plain")
-    header = "| N | d | r | mode | plain ms | peft | reference | fused |"
-    print(header + "\n" + "|---" * (header.count("|") - 1) + "|")
+    print(f"float32, seed {args.seed}, {args.repeats} interleaved repetitions, {args.clock} clock")
+    rows = {statistic: [] for statistic in args.statistic}
     for n, d, r in SHAPES:
         problem = make_problem(n, d, r, args.seed)
         for mode, step in (("fwd+bwd", forward_backward), ("fwd", forward_only)):
-            medians = interleaved_medians(step, problem, args.repeats, CLOCKS[args.clock])
-            base = medians["plain"]
-            ratios = " | ".join(f"{medians[name] / base:.3f}x" for name in ("peft", "reference", "fused"))
-            print(f"| {n} | {d} | {r} | {mode} | {base * 1e3:.2f} | {ratios} |")
+            times = interleaved_times(step, problem, args.repeats, CLOCKS[args.clock])
+            for statistic in args.statistic:
+                value = {name: STATISTICS[statistic](samples) for name, samples in times.items()}
+                ratios = " | ".join(f"{value[name] / value['plain']:.3f}x" for name in list(CANDIDATES)[1:])
+                rows[statistic].append(f"| {n} | {d} | {r} | {mode} | {value['plain'] * 1e3:.2f} | {ratios} |")
+    header = "| N | d | r | mode | plain ms | " + " | ".join(list(CANDIDATES)[1:]) + " |"
+    for statistic, lines in rows.items():
+        print(f"\n{statistic} per candidate, as ratio to plain's {statistic}\n")
+        print("\n".join([header, "|---" * (header.count("|") - 1) + "|", *lines]))
 
 
 if __name__ == "__main__":

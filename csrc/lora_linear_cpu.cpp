@@ -1,27 +1,52 @@
 // CPU kernels of the fused LoRA linear (float32, float64).
 //
-// Rows of x are processed in blocks small enough to stay in cache. For each block the base GEMM writes
-// y_blk = b + x_blk W^T, and the rank-r term is accumulated into that same block while it is still cached:
-// y_blk += (lx_blk A^T * (s alpha)) B^T, so no N x d_out LoRA product is ever materialised. The backward makes one
-// pass over the blocks of G = dL/dy: each block yields its share of grad_x, grad_lora_x, grad_A and of
-// P = G^T U (U = lx A^T), from which grad_B = s alpha * P and grad_alpha_j = s sum_o B_oj P_oj are formed at the end.
-// The threads own contiguous row ranges and private accumulators, summed in a fixed order (deterministic for a
-// given thread count).
+// Without a separate lora_x the rank-r term folds into the weight,
+//     y = x W_eff^T + b,   grad_x = G W_eff,   W_eff = W + B diag(s alpha) A,
+// so forward and grad_x are each one full-size GEMM and the LoRA product is never formed per row. Forming W_eff
+// costs d_out d_in r multiply-adds, independent of the number of rows; applying the rank-r term per row costs
+// rows (d_in + d_out) r in the forward (and rows d_in r for grad_x), so the fold is used from
+// rows >= d_in d_out / (d_in + d_out) on. With a separate lora_x (dropout on the LoRA input), or with fewer rows, the
+// rank-r term is accumulated into the base GEMM's output in place: y = b + x W^T, then y += (lx A^T * s alpha) B^T.
+//
+// The factor gradients always come from one pass over row blocks of G = dL/dy and lx (each block cache-resident):
+//     U^T = A lx^T,   dU^T = s alpha * (B^T G^T),   P += U^T G,   grad_A += dU^T lx,
+// then grad_B = (s alpha * P)^T and grad_alpha_j = s sum_o B_oj P_jo. The threads own contiguous row ranges and
+// private accumulators, summed in a fixed order (deterministic for a given thread count).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
+#include "lora_factor_grads.h"
 #include "lora_linear.h"
 
 namespace autolora {
 namespace {
 
-// Rows per block: x_blk and y_blk together take about 2 MiB (L2/L3-resident while the rank-r term is added), and
-// the block is tall enough for the per-block GEMM to run near full BLAS speed.
+// Whether folding the rank-r term into W_eff (d_out d_in r multiply-adds) is cheaper than applying it per row in the
+// forward (rows (d_in + d_out) r); the backward follows the same choice.
+bool fold_pays_off(int64_t rows, int64_t d_in, int64_t d_out) {
+  return rows * (d_in + d_out) >= d_in * d_out;
+}
+
+// W_eff = W + B diag(coef) A with coef = s alpha, (d_out, d_in), laid out like W (e.g. a transposed Conv1D weight),
+// so the GEMM reads it as it would read W: rows of W that the update leaves at zero give bit-identical outputs.
+at::Tensor folded_weight(const at::Tensor& w, const at::Tensor& lora_A, const at::Tensor& lora_B,
+                         const at::Tensor& coef) {
+  at::Tensor w_eff = at::empty_like(w);
+  return at::addmm_out(w_eff, w, lora_B * coef, lora_A);
+}
+
+// y = b + x2 W^T (or x2 W^T without bias) for rows x2 (rows, d_in): one BLAS GEMM.
+at::Tensor linear_rows(const at::Tensor& x2, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  return bias.has_value() ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+}
+
+// Rows per block of the backward's rank-r pass: the block's rows of G and lx together take about 2 MiB, so they
+// stay cached between the products that read them twice.
 int64_t rows_per_block(const at::Tensor& x, int64_t d_in, int64_t d_out) {
   constexpr int64_t kBlockBytes = 2 * 1024 * 1024;
-  return std::clamp<int64_t>(kBlockBytes / (x.element_size() * (d_in + d_out)), 32, 512);
+  return std::clamp<int64_t>(kBlockBytes / (x.element_size() * (d_in + d_out)), 32, 1024);
 }
 
 // Number of contiguous row ranges processed in parallel (one per thread, at least one block each).
@@ -53,25 +78,18 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   check_lora_inputs(x, weight, bias, lora_A, lora_B, alpha, lora_x);
   check_cpu_dtype(x);
   const int64_t d_in = weight.size(1), d_out = weight.size(0);
-  const at::Tensor x2 = as_rows(x).detach();
-  const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
-  const at::Tensor w_t = weight.detach().t(), a = lora_A.detach(), b_t = lora_B.detach().t().contiguous();
-  const at::Tensor coef = (alpha.detach() * scaling).unsqueeze(1);  // s * alpha, fused into the rank-r activations
+  const at::Tensor x2 = as_rows(x).detach(), w = weight.detach(), a = lora_A.detach();
+  const at::Tensor coef = alpha.detach() * scaling;  // s * alpha
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
-  const int64_t rows = x2.size(0), block = rows_per_block(x2, d_in, d_out);
-  at::Tensor y = at::empty({rows, d_out}, x2.options());
+  const int64_t rows = x2.size(0);
 
-  for_each_row_block(rows, block, row_chunks(rows, block), [&](int64_t, int64_t r0, int64_t r1) {
-    at::Tensor y_blk = y.narrow(0, r0, r1 - r0);
-    const at::Tensor x_blk = x2.narrow(0, r0, r1 - r0);
-    if (b.has_value()) {
-      at::addmm_out(y_blk, *b, x_blk, w_t);
-    } else {
-      at::mm_out(y_blk, x_blk, w_t);
-    }
-    const at::Tensor t_blk_t = at::mm(a, lx2.narrow(0, r0, r1 - r0).t()).mul_(coef);  // (r, rows)
-    y_blk.addmm_(t_blk_t.t(), b_t);
-  });
+  if (!lora_x.has_value() && fold_pays_off(rows, d_in, d_out)) {
+    return linear_rows(x2, folded_weight(w, a, lora_B.detach(), coef), b).view(output_shape(x, d_out));
+  }
+  const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
+  at::Tensor y = linear_rows(x2, w, b);
+  const at::Tensor t_t = at::mm(a, lx2.t()).mul_(coef.unsqueeze(1));  // (r, rows): (s alpha * lx A^T)^T
+  y.addmm_(t_t.t(), lora_B.detach().t());
   return y.view(output_shape(x, d_out));
 }
 
@@ -85,38 +103,47 @@ LoraGrads lora_linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x
   const at::Tensor x2 = as_rows(x).detach();
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
   const at::Tensor w = weight.detach(), a = lora_A.detach().contiguous(), b_t = lora_B.detach().t().contiguous();
-  const at::Tensor coef = (alpha.detach() * scaling).unsqueeze(1);
-  const int64_t rows = x2.size(0), block = rows_per_block(x2, d_in, d_out), chunks = row_chunks(rows, block);
+  const at::Tensor coef = alpha.detach() * scaling, coef_col = coef.unsqueeze(1);
+  const int64_t rows = x2.size(0);
   TORCH_CHECK(g2.size(0) == rows && g2.size(1) == d_out, "lora_linear_backward: grad_y must have y's shape");
 
-  const bool separate_lx = input_grad && lora_x.has_value();
-  at::Tensor grad_x2 = input_grad ? at::empty({rows, d_in}, x2.options()) : at::empty({0}, x2.options());
-  at::Tensor grad_lx2 = separate_lx ? at::empty({rows, d_in}, x2.options()) : at::empty({0}, x2.options());
-  at::Tensor p_t = at::zeros({chunks, r, d_out}, x2.options());     // per-chunk (G^T U)^T
+  const bool fold = !lora_x.has_value() && fold_pays_off(rows, d_in, d_out);
+  const bool need_du = input_grad && !fold;  // grad_x (or grad_lora_x) then needs the per-row term dU A
+  const bool vectorised = x2.scalar_type() == at::kFloat && lora_factor_grads_avx512_supported();
+  const int64_t block = rows_per_block(x2, d_in, d_out), chunks = row_chunks(rows, block);
+  at::Tensor du = need_du ? at::empty({rows, r}, x2.options()) : at::Tensor();
+  at::Tensor p = at::zeros({chunks, r, d_out}, x2.options());       // per-chunk U^T G
   at::Tensor grad_a = at::zeros({chunks, r, d_in}, x2.options());   // per-chunk dU^T lx
 
   for_each_row_block(rows, block, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
-    const at::Tensor g_blk = g2.narrow(0, r0, r1 - r0), lx_blk = lx2.narrow(0, r0, r1 - r0);
-    const at::Tensor u_blk_t = at::mm(a, lx_blk.t());                 // U^T   (r, rows)
-    const at::Tensor du_blk_t = at::mm(b_t, g_blk.t()).mul_(coef);    // dU^T  (r, rows)
-    p_t.select(0, c).addmm_(u_blk_t, g_blk);
-    grad_a.select(0, c).addmm_(du_blk_t, lx_blk);
-    if (!input_grad) return;
-    at::Tensor gx_blk = grad_x2.narrow(0, r0, r1 - r0);
-    at::mm_out(gx_blk, g_blk, w);
-    if (separate_lx) {
-      at::Tensor glx_blk = grad_lx2.narrow(0, r0, r1 - r0);
-      at::mm_out(glx_blk, du_blk_t.t(), a);
-    } else {
-      gx_blk.addmm_(du_blk_t.t(), a);
+    if (vectorised) {
+      lora_factor_grads_avx512(lx2.data_ptr<float>() + r0 * d_in, g2.data_ptr<float>() + r0 * d_out, r1 - r0, d_in,
+                               d_out, a.data_ptr<float>(), b_t.data_ptr<float>(), coef.data_ptr<float>(), r,
+                               p.select(0, c).data_ptr<float>(), grad_a.select(0, c).data_ptr<float>(),
+                               need_du ? du.data_ptr<float>() + r0 * r : nullptr);
+      return;
     }
+    const at::Tensor g_blk = g2.narrow(0, r0, r1 - r0), lx_blk = lx2.narrow(0, r0, r1 - r0);
+    const at::Tensor u_blk_t = at::mm(a, lx_blk.t());                     // U^T   (r, rows)
+    const at::Tensor du_blk_t = at::mm(b_t, g_blk.t()).mul_(coef_col);    // dU^T  (r, rows)
+    p.select(0, c).addmm_(u_blk_t, g_blk);
+    grad_a.select(0, c).addmm_(du_blk_t, lx_blk);
+    if (need_du) du.narrow(0, r0, r1 - r0).copy_(du_blk_t.t());
   });
 
-  const at::Tensor p_sum = p_t.sum(0);  // (r, d_out)
-  at::Tensor grad_b = (p_sum * coef).t().contiguous();
+  at::Tensor grad_x = x2.new_empty({0}), grad_lx = x2.new_empty({0});
+  if (input_grad) {
+    grad_x = at::mm(g2, fold ? folded_weight(w, a, b_t.t(), coef) : w);
+    if (lora_x.has_value()) {
+      grad_lx = at::mm(du, a).view(x.sizes());
+    } else if (need_du) {
+      grad_x.addmm_(du, a);
+    }
+    grad_x = grad_x.view(x.sizes());
+  }
+  const at::Tensor p_sum = p.sum(0);  // (r, d_out)
+  at::Tensor grad_b = (p_sum * coef_col).t().contiguous();
   at::Tensor grad_alpha = (p_sum * b_t).sum(1).mul_(scaling);
-  at::Tensor grad_x = input_grad ? grad_x2.view(x.sizes()) : grad_x2;
-  at::Tensor grad_lx = separate_lx ? grad_lx2.view(x.sizes()) : grad_lx2;
   return {grad_x, grad_lx, grad_a.sum(0), grad_b, grad_alpha};
 }
 

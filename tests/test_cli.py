@@ -129,7 +129,8 @@ def test_run_writes_valid_outputs(workspace, runs, task_type):
 @pytest.mark.parametrize("task_type", list(NUM_LABELS))
 def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, runs, task_type):
     """Logits of PEFT(base, adapter/) equal ours rebuilt from the final retrain checkpoint, and the metrics
-    recomputed from the PEFT model equal metrics.json."""
+    recomputed from the PEFT model equal metrics.json. Both are float32 models that round differently (ours may fold
+    the LoRA update into the weight), so equality is to float32 rounding: 1e-5 on logits and metrics."""
     out, num_labels = runs[task_type], NUM_LABELS[task_type]
     ranks = json.loads((out / "ranks.json").read_text())
     ours = build_retrain_model(load_base(workspace, task_type, num_labels), AutoLoRAConfig(max_rank=K), ranks)
@@ -147,7 +148,7 @@ def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, ru
     expected = evaluate(peft_model, data.test, task_type=task_type, label_names=data.label_names,
                         tokenizer=tokenizer)
     recorded = json.loads((out / "metrics.json").read_text())["test"]
-    assert recorded == pytest.approx(expected, abs=1e-6)
+    assert recorded == pytest.approx(expected, abs=1e-5)
 
 
 def assert_same_outputs(out, reference):
