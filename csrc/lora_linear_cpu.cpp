@@ -10,7 +10,8 @@
 //
 // The factor gradients always come from one pass over row blocks of G = dL/dy and lx (each block cache-resident):
 //     U^T = A lx^T,   dU^T = s alpha * (B^T G^T),   P += U^T G,   grad_A += dU^T lx,
-// then grad_B = (s alpha * P)^T and grad_alpha_j = s sum_o B_oj P_jo. The threads own contiguous row ranges and
+// for float32 on AVX-512 CPUs by the vectorised pass of lora_factor_grads_avx512.cpp, otherwise as four BLAS
+// products per block; then grad_B = (s alpha * P)^T and grad_alpha_j = s sum_o B_oj P_jo. The threads own contiguous row ranges and
 // private accumulators, summed in a fixed order (deterministic for a given thread count).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
