@@ -111,7 +111,11 @@ LoraGrads lora_linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x
   const bool fold = !lora_x.has_value() && fold_pays_off(rows, d_in, d_out);
   const bool need_du = input_grad && !fold;  // grad_x (or grad_lora_x) then needs the per-row term dU A
   const bool vectorised = x2.scalar_type() == at::kFloat && lora_factor_grads_avx512_supported();
-  const int64_t block = rows_per_block(x2, d_in, d_out), chunks = row_chunks(rows, block);
+  // The vectorised pass tiles its rows itself: one call per thread's range. The BLAS products go block by block.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t block = vectorised ? std::max<int64_t>(1, (rows + threads - 1) / threads)
+                                   : rows_per_block(x2, d_in, d_out);
+  const int64_t chunks = row_chunks(rows, block);
   at::Tensor du = need_du ? at::empty({rows, r}, x2.options()) : at::Tensor();
   at::Tensor p = at::zeros({chunks, r, d_out}, x2.options());       // per-chunk U^T G
   at::Tensor grad_a = at::zeros({chunks, r, d_in}, x2.options());   // per-chunk dU^T lx
