@@ -13,6 +13,7 @@ when ``AUTOLORA_NO_EXT=1``. The extension op is differentiable through ``torch.l
 first backward calls the fused ``autolora::lora_linear_backward``; a backward that must itself be differentiable
 (``create_graph=True``, as in exact hypergradients) runs the same formulas as ATen ops, so double backward works.
 """
+import functools
 import math
 import numbers
 import os
@@ -44,8 +45,10 @@ def _load_extension():
 _EXTENSION_LOADED = _load_extension()
 
 
+@functools.cache
 def _has_kernel(device_type):
-    """Whether the extension registered a ``lora_linear`` kernel for ``device_type`` ("CPU", "CUDA")."""
+    """Whether the extension registered a ``lora_linear`` kernel for ``device_type`` ("CPU", "CUDA"); registrations
+    happen when ``autolora._C`` is imported, so the answer is cached."""
     return _EXTENSION_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key("autolora::lora_linear", device_type)
 
 

@@ -15,11 +15,20 @@ each table reports one statistic of each candidate's times (median, or min) divi
 plain's times. With several ``--statistic`` values the tables come from the same measurements.
 
     python bench/ops_table.py [--repeats 30] [--seed 0] [--threads T] [--clock wall|cpu] [--statistic median min]
+                              [--heap default|steady]
 
 ``--clock cpu`` measures the process's CPU time (time.process_time) instead of wall-clock time: with ``--threads 1``
 it counts only this process's work, a steadier measure when other processes share the cores.
+
+``--heap steady`` (glibc only) serves every allocation up to 32 MiB from malloc's heap and never returns freed heap
+memory to the system. With glibc's defaults, whether a freed multi-MiB buffer is handed back (and its pages
+faulted in and zeroed again on the next call) depends on the exact sizes and order of the allocations, so one
+candidate can pay thousands of page faults per call while another with the same arithmetic pays none. The setting
+applies to all candidates alike.
 """
 import argparse
+import ctypes
+import ctypes.util
 import statistics
 import time
 
@@ -82,6 +91,15 @@ def forward_only(name, problem):
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def use_steady_heap():
+    """glibc malloc: allocations up to 32 MiB (its maximum mmap threshold) come from the heap, which is never trimmed."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)):
+        raise SystemExit("--heap steady needs glibc's mallopt")
+
 
 STATISTICS = {"median": statistics.median, "min": min}
 
@@ -106,11 +124,15 @@ def main():
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall-clock or process CPU time")
     parser.add_argument("--statistic", nargs="+", choices=sorted(STATISTICS), default=["median"],
                         help="statistic(s) of each candidate's times to report, one table each")
+    parser.add_argument("--heap", choices=("default", "steady"), default="default",
+                        help="glibc malloc as configured, or a heap that is never trimmed (no page-fault churn)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heap == "steady":
+        use_steady_heap()
     print(f"torch {torch.__version__}, backend {ops.backend()}, {torch.get_num_threads()} threads, CPU: {cpu_model()}")
-    print(f"float32, seed {args.seed}, {args.repeats} interleaved repetitions, {args.clock} clock")
+    print(f"float32, seed {args.seed}, {args.repeats} interleaved repetitions, {args.clock} clock, {args.heap} heap")
     rows = {statistic: [] for statistic in args.statistic}
     for n, d, r in SHAPES:
         problem = make_problem(n, d, r, args.seed)

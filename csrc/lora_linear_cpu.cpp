@@ -5,20 +5,21 @@
 // so forward and grad_x are each one full-size GEMM and the LoRA product is never formed per row. Forming W_eff
 // costs d_out d_in r multiply-adds, independent of the number of rows; applying the rank-r term per row costs
 // rows (d_in + d_out) r in the forward (and rows d_in r for grad_x), so the fold is used from
-// rows >= d_in d_out / (d_in + d_out) on. With a separate lora_x (dropout on the LoRA input), or with fewer rows, the
+// rows >= d_in d_out / (d_in + d_out) on. For float32 on AVX-512 CPUs W_eff comes from one vectorised pass over W
+// (lora_avx512.cpp), otherwise from one BLAS addmm. With a separate lora_x (dropout on the LoRA input), or with fewer rows, the
 // rank-r term is accumulated into the base GEMM's output in place: y = b + x W^T, then y += (lx A^T * s alpha) B^T.
 //
 // The factor gradients always come from one pass over row blocks of G = dL/dy and lx (each block cache-resident):
 //     U^T = A lx^T,   dU^T = s alpha * (B^T G^T),   P += U^T G,   grad_A += dU^T lx,
-// for float32 on AVX-512 CPUs by the vectorised pass of lora_factor_grads_avx512.cpp, otherwise as four BLAS
-// products per block; then grad_B = (s alpha * P)^T and grad_alpha_j = s sum_o B_oj P_jo. The threads own contiguous row ranges and
+// for float32 on AVX-512 CPUs by the vectorised pass of lora_avx512.cpp, otherwise as four BLAS products per block;
+// then grad_B = (s alpha * P)^T and grad_alpha_j = s sum_o B_oj P_jo. The threads own contiguous row ranges and
 // private accumulators, summed in a fixed order (deterministic for a given thread count).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
-#include "lora_factor_grads.h"
+#include "lora_avx512.h"
 #include "lora_linear.h"
 
 namespace autolora {
@@ -32,10 +33,25 @@ bool fold_pays_off(int64_t rows, int64_t d_in, int64_t d_out) {
 
 // W_eff = W + B diag(coef) A with coef = s alpha, (d_out, d_in), laid out like W (e.g. a transposed Conv1D weight),
 // so the GEMM reads it as it would read W: rows of W that the update leaves at zero give bit-identical outputs.
+// float32 on AVX-512 CPUs: one vectorised pass over W (rows in parallel), for row-major W as W + (B coef) A and for
+// column-major W as its transpose, W^T + A^T (B coef)^T. Otherwise one BLAS addmm.
 at::Tensor folded_weight(const at::Tensor& w, const at::Tensor& lora_A, const at::Tensor& lora_B,
                          const at::Tensor& coef) {
   at::Tensor w_eff = at::empty_like(w);
-  return at::addmm_out(w_eff, w, lora_B * coef, lora_A);
+  const at::Tensor b_coef = lora_B * coef;  // (d_out, r)
+  const bool row_major = w.is_contiguous(), column_major = w.t().is_contiguous();
+  if (w.scalar_type() != at::kFloat || !lora_avx512_supported() || !(row_major || column_major)) {
+    return at::addmm_out(w_eff, w, b_coef, lora_A);
+  }
+  const at::Tensor m = row_major ? w : w.t(), out = row_major ? w_eff : w_eff.t();
+  const at::Tensor l = (row_major ? b_coef : lora_A.t()).contiguous();
+  const at::Tensor rm = (row_major ? lora_A : b_coef.t()).contiguous();
+  const int64_t rows = m.size(0), cols = m.size(1), r = l.size(1);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, cols)), [&](int64_t i0, int64_t i1) {
+    rank_update_rows_avx512(m.data_ptr<float>() + i0 * cols, l.data_ptr<float>() + i0 * r, rm.data_ptr<float>(),
+                            i1 - i0, cols, r, out.data_ptr<float>() + i0 * cols);
+  });
+  return w_eff;
 }
 
 // y = b + x2 W^T (or x2 W^T without bias) for rows x2 (rows, d_in): one BLAS GEMM.
@@ -85,7 +101,12 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   const int64_t rows = x2.size(0);
 
   if (!lora_x.has_value() && fold_pays_off(rows, d_in, d_out)) {
-    return linear_rows(x2, folded_weight(w, a, lora_B.detach(), coef), b).view(output_shape(x, d_out));
+    // y is allocated before the transient W_eff, so freeing W_eff leaves no hole below y (with glibc malloc, fewer
+    // heap trims and page faults on the next call).
+    at::Tensor y = at::empty({rows, d_out}, x2.options());
+    const at::Tensor w_eff = folded_weight(w, a, lora_B.detach(), coef);
+    if (b.has_value()) at::addmm_out(y, *b, x2, w_eff.t()); else at::mm_out(y, x2, w_eff.t());
+    return y.view(output_shape(x, d_out));
   }
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
   at::Tensor y = linear_rows(x2, w, b);
@@ -110,7 +131,7 @@ LoraGrads lora_linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x
 
   const bool fold = !lora_x.has_value() && fold_pays_off(rows, d_in, d_out);
   const bool need_du = input_grad && !fold;  // grad_x (or grad_lora_x) then needs the per-row term dU A
-  const bool vectorised = x2.scalar_type() == at::kFloat && lora_factor_grads_avx512_supported();
+  const bool vectorised = x2.scalar_type() == at::kFloat && lora_avx512_supported();
   // The vectorised pass tiles its rows itself: one call per thread's range. The BLAS products go block by block.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t block = vectorised ? std::max<int64_t>(1, (rows + threads - 1) / threads)
@@ -138,7 +159,8 @@ LoraGrads lora_linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x
 
   at::Tensor grad_x = x2.new_empty({0}), grad_lx = x2.new_empty({0});
   if (input_grad) {
-    grad_x = at::mm(g2, fold ? folded_weight(w, a, b_t.t(), coef) : w);
+    grad_x = at::empty({rows, d_in}, x2.options());  // allocated before the transient W_eff, as in the forward
+    at::mm_out(grad_x, g2, fold ? folded_weight(w, a, b_t.t(), coef) : w);
     if (lora_x.has_value()) {
       grad_lx = at::mm(du, a).view(x.sizes());
     } else if (need_du) {

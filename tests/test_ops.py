@@ -260,14 +260,17 @@ def test_matches_oracle_over_many_row_blocks(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("r", [1, 8, 13, 16])
-@pytest.mark.parametrize("path", ["folded", "per_row", "lora_x"])
+@pytest.mark.parametrize("path", ["folded", "folded_column_major_weight", "per_row", "lora_x"])
 def test_matches_oracle_on_each_cpu_path(path, r, dtype):
     """Each CPU path against the oracle: 203 rows fold the rank-r term into the weight (rows (d_in + d_out) >=
-    d_in d_out), 21 rows apply it per row, and a separate lora_x always does. r = 1, 13 and 16 pad the rank to
-    whole groups of 8 in the float32 vectorised pass, d_in = 300 spans several column slices with a ragged last
-    strip, and neither row count is a multiple of the 8-row tile."""
+    d_in d_out), also with W stored column-major (a transposed view, like GPT-2's Conv1D weight), 21 rows apply it
+    per row, and a separate lora_x always does. r = 1, 13 and 16 pad the rank to whole groups of 8 in the float32
+    vectorised pass, d_in = 300 and d_out = 40 end in partial 16-lane strips, and neither row count is a multiple
+    of the 8-row tile."""
     rows = 21 if path == "per_row" else 203
     x, weight, bias, lora_A, lora_B, alpha = make_operands((rows,), 300, 40, r, dtype, seed=r)
+    if path == "folded_column_major_weight":
+        weight = weight.t().contiguous().t()
     g = torch.Generator().manual_seed(100 + r)
     lora_x = torch.randn(rows, 300, generator=g, dtype=torch.float64).to(dtype) if path == "lora_x" else None
     check_forward_and_grads([x, weight, bias, lora_A, lora_B, alpha, lora_x], 0.75, dtype)

@@ -1,12 +1,15 @@
-// AVX-512 float32 pass for the LoRA factor gradients (see lora_factor_grads.h for the formulas).
+// AVX-512 float32 kernels of the CPU op (see lora_avx512.h for the formulas).
 //
-// Rows are taken in tiles of kRows and rank components in groups of kRanks (r is zero-padded to a multiple of
-// kRanks). Per tile and group, U and dU come from dot products of each row with the rows of A and B^T (two rows at a
-// time, sixteen vector accumulators, reduced by a transposing horizontal add), and P and grad_A take rank-kRows
-// updates in registers: each 16-column strip of the tile is loaded once and feeds all kRanks accumulator rows.
+// Factor pass: rows are taken in tiles of kRows and rank components in groups of kRanks (r is zero-padded to a
+// multiple of kRanks). Per tile and group, U and dU come from dot products of each row with the rows of A and B^T
+// (two rows at a time, sixteen vector accumulators, reduced by a transposing horizontal add), and P and grad_A take
+// rank-kRows updates in registers: each 16-column strip of the tile is loaded once and feeds all kRanks accumulator
+// rows. The tile two tiles ahead is prefetched into L2 (into L1 it would evict the factors the current tile uses).
+// Weight fold: four 16-column strips of a row of m at a time take their r rank-1 terms in registers (four
+// independent FMA chains) before they are stored.
 // The functions carry target attributes, so the file builds for any x86-64 CPU; callers check
-// lora_factor_grads_avx512_supported() first.
-#include "lora_factor_grads.h"
+// lora_avx512_supported() first.
+#include "lora_avx512.h"
 
 #include <c10/util/Exception.h>
 
@@ -15,6 +18,8 @@
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
+// GCC's AVX-512 intrinsics pass _mm*_undefined_*() as the unused merge source, which -Wmaybe-uninitialized reports.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #define AUTOLORA_X86_64 1
 #endif
@@ -35,6 +40,16 @@ constexpr int64_t kSlice = 128;  // columns per slice in dot_tile (a multiple of
 AUTOLORA_AVX512 __mmask16 strip_mask(int64_t k, int64_t d) {
   const int64_t left = d - k;
   return left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+// Stores the valid lanes of a strip; whole strips use a plain store (masked stores are slow on some CPUs, e.g. AMD
+// Zen 4).
+AUTOLORA_AVX512 void store_strip(float* dst, __mmask16 mask, __m512 v) {
+  if (mask == __mmask16(0xFFFF)) {
+    _mm512_storeu_ps(dst, v);
+  } else {
+    _mm512_mask_storeu_ps(dst, mask, v);
+  }
 }
 
 // The lane sums of v[0..7], as one 8-lane vector.
@@ -67,8 +82,8 @@ AUTOLORA_AVX512 void dot_tile(const float* rows, int64_t ld, const float* m, int
       for (int64_t k = k0; k < k1; k += kLanes) {
         const __mmask16 mask = strip_mask(k, k1);
         const __m512 x0 = _mm512_maskz_loadu_ps(mask, row0 + k), x1 = _mm512_maskz_loadu_ps(mask, row1 + k);
-        _mm_prefetch(reinterpret_cast<const char*>(row0 + kRows * ld + k), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(row1 + kRows * ld + k), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(row0 + 2 * kRows * ld + k), _MM_HINT_T1);
+        _mm_prefetch(reinterpret_cast<const char*>(row1 + 2 * kRows * ld + k), _MM_HINT_T1);
         for (int j = 0; j < kRanks; ++j) {
           const __m512 w = _mm512_maskz_loadu_ps(mask, m + j * d + k);
           acc0[j] = _mm512_fmadd_ps(x0, w, acc0[j]);
@@ -98,7 +113,7 @@ AUTOLORA_AVX512 void rank_update_tile(const float* rows, int64_t ld, const float
     for (int j = 0; j < kRanks; ++j) {
       __m512 a = _mm512_maskz_loadu_ps(mask, acc + j * d + k);
       for (int i = 0; i < kRows; ++i) a = _mm512_fmadd_ps(_mm512_set1_ps(c[i * kRanks + j]), strip[i], a);
-      _mm512_mask_storeu_ps(acc + j * d + k, mask, a);
+      store_strip(acc + j * d + k, mask, a);
     }
   }
 }
@@ -112,7 +127,7 @@ std::vector<float> zero_padded(const float* data, int64_t rows, int64_t cols, in
 
 }  // namespace
 
-bool lora_factor_grads_avx512_supported() {
+bool lora_avx512_supported() {
   static const bool supported = __builtin_cpu_supports("avx512f");
   return supported;
 }
@@ -157,13 +172,44 @@ __attribute__((target("avx512f,avx2,fma"))) void lora_factor_grads_avx512(
   for (int64_t k = 0; k < r * d_in; ++k) grad_A[k] += grad_a_acc[k];
 }
 
+__attribute__((target("avx512f,avx2,fma"))) void rank_update_rows_avx512(const float* m, const float* l,
+                                                                          const float* rm, int64_t rows, int64_t cols,
+                                                                          int64_t r, float* out) {
+  constexpr int kStrips = 4;  // independent accumulators: the r FMAs into each one form a dependency chain
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* l_row = l + i * r;
+    for (int64_t k0 = 0; k0 < cols; k0 += kStrips * kLanes) {
+      __mmask16 mask[kStrips];
+      __m512 acc[kStrips];
+      for (int s = 0; s < kStrips; ++s) {
+        const int64_t k = k0 + s * kLanes;
+        mask[s] = k < cols ? strip_mask(k, cols) : __mmask16(0);
+        acc[s] = _mm512_maskz_loadu_ps(mask[s], m + i * cols + k);
+      }
+      for (int64_t j = 0; j < r; ++j) {
+        const __m512 coef = _mm512_set1_ps(l_row[j]);
+        for (int s = 0; s < kStrips; ++s) {
+          acc[s] = _mm512_fmadd_ps(coef, _mm512_maskz_loadu_ps(mask[s], rm + j * cols + k0 + s * kLanes), acc[s]);
+        }
+      }
+      for (int s = 0; s < kStrips; ++s) {
+        if (mask[s] != 0) store_strip(out + i * cols + k0 + s * kLanes, mask[s], acc[s]);
+      }
+    }
+  }
+}
+
 #else  // not x86-64: the ATen path in lora_linear_cpu.cpp is used
 
-bool lora_factor_grads_avx512_supported() { return false; }
+bool lora_avx512_supported() { return false; }
 
 void lora_factor_grads_avx512(const float*, const float*, int64_t, int64_t, int64_t, const float*, const float*,
                               const float*, int64_t, float*, float*, float*) {
   TORCH_CHECK(false, "lora_factor_grads_avx512: not built for this CPU architecture");
+}
+
+void rank_update_rows_avx512(const float*, const float*, const float*, int64_t, int64_t, int64_t, float*) {
+  TORCH_CHECK(false, "rank_update_rows_avx512: not built for this CPU architecture");
 }
 
 #endif
