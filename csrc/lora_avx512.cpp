@@ -42,16 +42,6 @@ AUTOLORA_AVX512 __mmask16 strip_mask(int64_t k, int64_t d) {
   return left >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
 }
 
-// Stores the valid lanes of a strip; whole strips use a plain store (masked stores are slow on some CPUs, e.g. AMD
-// Zen 4).
-AUTOLORA_AVX512 void store_strip(float* dst, __mmask16 mask, __m512 v) {
-  if (mask == __mmask16(0xFFFF)) {
-    _mm512_storeu_ps(dst, v);
-  } else {
-    _mm512_mask_storeu_ps(dst, mask, v);
-  }
-}
-
 // The lane sums of v[0..7], as one 8-lane vector.
 AUTOLORA_AVX512 __m256 lane_sums(const __m512 (&v)[kRanks]) {
   __m256 h[kRanks];
@@ -113,7 +103,7 @@ AUTOLORA_AVX512 void rank_update_tile(const float* rows, int64_t ld, const float
     for (int j = 0; j < kRanks; ++j) {
       __m512 a = _mm512_maskz_loadu_ps(mask, acc + j * d + k);
       for (int i = 0; i < kRows; ++i) a = _mm512_fmadd_ps(_mm512_set1_ps(c[i * kRanks + j]), strip[i], a);
-      store_strip(acc + j * d + k, mask, a);
+      _mm512_mask_storeu_ps(acc + j * d + k, mask, a);
     }
   }
 }
@@ -192,9 +182,7 @@ __attribute__((target("avx512f,avx2,fma"))) void rank_update_rows_avx512(const f
           acc[s] = _mm512_fmadd_ps(coef, _mm512_maskz_loadu_ps(mask[s], rm + j * cols + k0 + s * kLanes), acc[s]);
         }
       }
-      for (int s = 0; s < kStrips; ++s) {
-        if (mask[s] != 0) store_strip(out + i * cols + k0 + s * kLanes, mask[s], acc[s]);
-      }
+      for (int s = 0; s < kStrips; ++s) _mm512_mask_storeu_ps(out + i * cols + k0 + s * kLanes, mask[s], acc[s]);
     }
   }
 }
