@@ -6,8 +6,9 @@
 // costs d_out d_in r multiply-adds, independent of the number of rows; applying the rank-r term per row costs
 // rows (d_in + d_out) r in the forward (and rows d_in r for grad_x), so the fold is used from
 // rows >= d_in d_out / (d_in + d_out) on. For float32 on AVX-512 CPUs W_eff comes from one vectorised pass over W
-// (lora_avx512.cpp), otherwise from one BLAS addmm. With a separate lora_x (dropout on the LoRA input), or with fewer rows, the
-// rank-r term is accumulated into the base GEMM's output in place: y = b + x W^T, then y += (lx A^T * s alpha) B^T.
+// (lora_avx512.cpp), otherwise from one BLAS addmm. With a separate lora_x (dropout on the LoRA input), or with
+// fewer rows, the rank-r term is accumulated into the base GEMM's output in place: y = b + x W^T, then
+// y += (lx A^T * s alpha) B^T.
 //
 // The factor gradients always come from one pass over row blocks of G = dL/dy and lx (each block cache-resident):
 //     U^T = A lx^T,   dU^T = s alpha * (B^T G^T),   P += U^T G,   grad_A += dU^T lx,
@@ -54,9 +55,13 @@ at::Tensor folded_weight(const at::Tensor& w, const at::Tensor& lora_A, const at
   return w_eff;
 }
 
-// y = b + x2 W^T (or x2 W^T without bias) for rows x2 (rows, d_in): one BLAS GEMM.
-at::Tensor linear_rows(const at::Tensor& x2, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  return bias.has_value() ? at::addmm(*bias, x2, w.t()) : at::mm(x2, w.t());
+// y = b + x2 W^T (or x2 W^T without bias) for rows x2 (rows, d_in), written into y: one BLAS GEMM.
+void linear_rows_out(at::Tensor& y, const at::Tensor& x2, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  if (bias.has_value()) {
+    at::addmm_out(y, *bias, x2, w.t());
+  } else {
+    at::mm_out(y, x2, w.t());
+  }
 }
 
 // Rows per block of the backward's rank-r pass: the block's rows of G and lx together take about 2 MiB, so they
@@ -104,12 +109,12 @@ at::Tensor lora_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     // y is allocated before the transient W_eff, so freeing W_eff leaves no hole below y (with glibc malloc, fewer
     // heap trims and page faults on the next call).
     at::Tensor y = at::empty({rows, d_out}, x2.options());
-    const at::Tensor w_eff = folded_weight(w, a, lora_B.detach(), coef);
-    if (b.has_value()) at::addmm_out(y, *b, x2, w_eff.t()); else at::mm_out(y, x2, w_eff.t());
+    linear_rows_out(y, x2, folded_weight(w, a, lora_B.detach(), coef), b);
     return y.view(output_shape(x, d_out));
   }
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
-  at::Tensor y = linear_rows(x2, w, b);
+  at::Tensor y = at::empty({rows, d_out}, x2.options());
+  linear_rows_out(y, x2, w, b);
   const at::Tensor t_t = at::mm(a, lx2.t()).mul_(coef.unsqueeze(1));  // (r, rows): (s alpha * lx A^T)^T
   y.addmm_(t_t.t(), lora_B.detach().t());
   return y.view(output_shape(x, d_out));
