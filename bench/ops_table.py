@@ -95,7 +95,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def use_steady_heap():
-    """glibc malloc: allocations up to 32 MiB (its maximum mmap threshold) come from the heap, which is never trimmed."""
+    """glibc malloc: allocations up to 32 MiB (its maximum mmap threshold) come from the heap, which is never
+    trimmed."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     if not (libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)):
         raise SystemExit("--heap steady needs glibc's mallopt")
