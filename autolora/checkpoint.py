@@ -55,6 +55,24 @@ def restore_rng(state: Mapping) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def seed_rng(seed: int) -> None:
+    """Seed every global RNG that :func:`capture_rng` captures (Python, NumPy, torch on every device) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run the block on the global RNGs, then put back the states they had before it (as ``torch.random.fork_rng``
+    does for torch, extended to Python ``random`` and NumPy)."""
+    caller = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(caller)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Copies of the parameters with ``requires_grad`` (the only ones a loop changes), keyed by name."""
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -148,7 +166,20 @@ def deferred_interrupt() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def run_resumable(step_fn: Callable[[int], dict], steps: int, *, get_state: Callable[[], dict],
+def _restore_checkpoint(checkpoint_path, steps: int, set_state: Callable[[dict], None]) -> int:
+    """Put the loop state and the global RNG states saved at ``checkpoint_path`` back; return the saved step."""
+    if checkpoint_path is None or not os.path.exists(checkpoint_path):
+        raise FileNotFoundError(f"--resume given but no checkpoint at {checkpoint_path}")
+    saved = load_checkpoint(checkpoint_path)
+    if saved["total_steps"] != steps:
+        raise ValueError(f"checkpoint at {checkpoint_path} is for {saved['total_steps']} steps, not {steps}; "
+                         "resume with the same step count")
+    set_state(saved["loop"])
+    restore_rng(saved["rng"])
+    return saved["step"]
+
+
+def run_resumable(step_fn: Callable[[int], dict], steps: int, *, seed: int, get_state: Callable[[], dict],
                   set_state: Callable[[dict], None], checkpoint_path: str | os.PathLike | None = None,
                   checkpoint_every: int = 50, resume: bool = False,
                   callback: Callable[[int, dict], None] | None = None, progress: bool = False,
@@ -158,31 +189,25 @@ def run_resumable(step_fn: Callable[[int], dict], steps: int, *, get_state: Call
     ``get_state()`` returns everything the loop mutates except the step counter and the global RNG (added here);
     ``set_state`` restores it. ``callback(completed_steps, stats)`` runs after every step and may raise
     ``KeyboardInterrupt``, which like Ctrl-C saves a checkpoint at that step boundary and re-raises.
-    Returns the step the loop started from (0 unless resumed).
+    The loop draws from its own random streams: the global RNGs (Python, NumPy, torch) are seeded with ``seed`` on
+    a fresh run, set to the checkpoint's states on resume, and given back to the caller in the states they had
+    before the call. Returns the step the loop started from (0 unless resumed).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    start = 0
-    if resume:
-        if checkpoint_path is None or not os.path.exists(checkpoint_path):
-            raise FileNotFoundError(f"--resume given but no checkpoint at {checkpoint_path}")
-        saved = load_checkpoint(checkpoint_path)
-        if saved["total_steps"] != steps:
-            raise ValueError(f"checkpoint at {checkpoint_path} is for {saved['total_steps']} steps, not {steps}; "
-                             "resume with the same step count")
-        set_state(saved["loop"])
-        restore_rng(saved["rng"])
-        start = saved["step"]
 
     def save(completed: int) -> None:
         if checkpoint_path is not None:
             atomic_save({"step": completed, "total_steps": steps, "loop": get_state(), "rng": capture_rng()},
                         checkpoint_path)
 
-    bar = tqdm(total=steps, initial=start, desc=description, disable=not progress, leave=False)
-    with deferred_interrupt() as interrupt_pending, bar:
+    bar = tqdm(total=steps, desc=description, disable=not progress, leave=False)
+    with isolated_rng(), deferred_interrupt() as interrupt_pending, bar:
+        seed_rng(seed)
+        start = _restore_checkpoint(checkpoint_path, steps, set_state) if resume else 0
+        bar.update(start)
         for t in range(start, steps):
             stats = step_fn(t)
             completed = t + 1

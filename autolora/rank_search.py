@@ -139,9 +139,8 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
         val_losses[:] = state["val_losses"]
 
     if not resume:
-        torch.manual_seed(seed)
         recorder.record(0, model)
-    run_resumable(step, steps, get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
+    run_resumable(step, steps, seed=seed, get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
                   checkpoint_every=checkpoint_every, resume=resume, callback=callback, progress=progress,
                   description="search")
     return SearchResult(ranks=read_ranks(model), alphas={n: a.detach().cpu() for n, a in read_alphas(model).items()},

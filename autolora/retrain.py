@@ -101,9 +101,7 @@ def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int 
         stream.load_state_dict(state["stream"])
         result.losses[:] = state["losses"]
 
-    if not resume:
-        torch.manual_seed(seed)
-    run_resumable(step, steps, get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
+    run_resumable(step, steps, seed=seed, get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
                   checkpoint_every=checkpoint_every, resume=resume, callback=callback, progress=progress,
                   description="retrain")
     return result
