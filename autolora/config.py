@@ -24,8 +24,11 @@ DEFAULT_TARGET_MODULES = {
     "gemma3_text": ["q_proj", "v_proj"],
 }
 
-# Task heads trained alongside the adapters when modules_to_save is None (those present in the model).
-DEFAULT_HEAD_NAMES = ("classifier", "score", "qa_outputs")
+# Task heads trained alongside the adapters when modules_to_save is None (those present in the model): the modules
+# a task model adds to its pretrained body. BERT/RoBERTa/ELECTRA ``classifier`` (RoBERTa's holds ``dense`` and
+# ``out_proj``), DistilBERT ``pre_classifier`` + ``classifier``, GPT-2/LLaMA ``score``, ``qa_outputs``. A causal LM's
+# ``lm_head`` is not one: it is pretrained, and in GPT-2/LLaMA/Gemma it is tied to the input embeddings.
+DEFAULT_HEAD_NAMES = ("classifier", "pre_classifier", "score", "qa_outputs")
 
 
 def name_matches(name, pattern):
@@ -41,7 +44,8 @@ class AutoLoRAConfig:
     """Where to put AutoLoRA layers and how they behave.
 
     target_modules: module names (exact, or a suffix after a ".") or one regex fully matching the module name;
-        None picks ``DEFAULT_TARGET_MODULES[model.config.model_type]``.
+        None picks ``DEFAULT_TARGET_MODULES[model.config.model_type]``. Matches inside a head of modules_to_save
+        are not adapted (the head is trained in full); a target that matches only there is an error.
     max_rank: k, the number of rank-1 components per adapted layer (per q/v slice for GPT-2 ``c_attn``).
     lora_alpha: the scaling of a layer with r components is s = lora_alpha / r (PEFT's convention).
     lora_dropout: dropout probability on the LoRA input, in [0, 1).
@@ -50,6 +54,7 @@ class AutoLoRAConfig:
         overriding max_rank for that layer; e.g. the searched ranks when retraining with selection="fixed".
     modules_to_save: modules trained in full and exported with the adapter (exact or suffix names); None picks
         the heads among ``DEFAULT_HEAD_NAMES`` present in the model; [] trains no module besides the adapters.
+        A head tied to the input embeddings (an LM head) is refused: training it would train the embeddings.
     """
 
     target_modules: Optional[Union[str, Sequence[str]]] = None

@@ -21,26 +21,40 @@ TASK_REGISTRIES = {"SEQ_CLS": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MA
                    "QUESTION_ANS": modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES}
 
 
-def find_target_modules(model, target_modules):
-    """Names of the modules matched by ``target_modules`` (see :func:`autolora.config.name_matches`).
+def find_target_modules(model, target_modules, heads=()):
+    """Names of the modules matched by ``target_modules`` (see :func:`autolora.config.name_matches`), leaving out
+    the modules inside ``heads`` (trained in full, so an adapter there would train the same weights twice).
 
-    ValueError (listing the Linear/Conv1D candidates) when a target matches nothing; TypeError when a match is not
-    a supported layer (nn.Linear, or a Conv1D that is a fused qkv projection).
+    ValueError (listing the Linear/Conv1D candidates) when a target matches nothing, and when it matches only
+    modules inside heads; TypeError when a match is not a supported layer (nn.Linear, or a Conv1D that is a fused
+    qkv projection).
     """
-    names = [name for name, _ in model.named_modules() if name and name_matches(name, target_modules)]
-    if isinstance(target_modules, str):
-        unmatched = [] if names else [target_modules]
-    else:
-        unmatched = [t for t in target_modules if not any(name_matches(name, [t]) for name in names)]
+    matched = [name for name, _ in model.named_modules() if name and name_matches(name, target_modules)]
+    names = [name for name in matched if not any(is_within(name, head) for head in heads)]
+    entries = [target_modules] if isinstance(target_modules, str) else [[t] for t in target_modules]
+    unmatched = [_label(e) for e in entries if not any(name_matches(name, e) for name in matched)]
     if unmatched:
         candidates = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D))]
         raise ValueError(f"target_modules {unmatched} matched no module; Linear/Conv1D candidates: {candidates}")
+    in_heads = [_label(e) for e in entries if not any(name_matches(name, e) for name in names)]
+    if in_heads:
+        raise ValueError(f"target_modules {in_heads} match only modules inside heads trained in full {list(heads)}; "
+                         "to adapt them with LoRA instead, pass modules_to_save without those heads (e.g. [])")
     for name in names:
         module = model.get_submodule(name)
         supported = is_fused_qkv(module) if isinstance(module, Conv1D) else isinstance(module, nn.Linear)
         if not supported:
             raise TypeError(f"target {name} is a {type(module).__name__}; supported targets: {SUPPORTED}")
     return names
+
+
+def _label(entry):
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def is_within(name, ancestor):
+    """Whether the module or parameter ``name`` is ``ancestor`` itself or lies inside it."""
+    return name == ancestor or name.startswith(ancestor + ".")
 
 
 def _branch_names(name, module):
@@ -56,32 +70,54 @@ def _adapter_for(module, branch_ranks, config):
 
 def find_heads(model, modules_to_save):
     """Names of the modules trained in full: those matching ``modules_to_save`` (ValueError if one matches
-    nothing), or when None the modules named like ``DEFAULT_HEAD_NAMES`` (exact or suffix) present in the model."""
+    nothing), or when None the modules named like ``DEFAULT_HEAD_NAMES`` (exact or suffix) present in the model.
+    A match inside another match is dropped (the outer module holds it). ValueError when a head shares a
+    parameter with a module outside it (an LM head tied to the input embeddings)."""
     patterns = list(DEFAULT_HEAD_NAMES) if modules_to_save is None else modules_to_save
     found = {t: [name for name, _ in model.named_modules() if name and name_matches(name, [t])] for t in patterns}
     missing = [t for t, names in found.items() if not names]
     if modules_to_save is not None and missing:
         raise ValueError(f"modules_to_save {missing} matched no module; top-level modules: "
                          f"{[name for name, _ in model.named_children()]}")
-    return sorted({name for names in found.values() for name in names})
+    matches = {name for names in found.values() for name in names}
+    heads = sorted(name for name in matches if not any(is_within(name, other) for other in matches - {name}))
+    for head in heads:
+        _check_untied(model, head)
+    return heads
+
+
+def _check_untied(model, head):
+    owners = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(param), []).append(name)
+    shared = sorted({name for param in model.get_submodule(head).parameters() for name in owners[id(param)]
+                     if not is_within(name, head)})
+    if shared:
+        raise ValueError(f"modules_to_save {head!r} shares its parameters with {shared} (tied input embeddings): "
+                         "training it in full would train the embeddings as well. Leave it out of modules_to_save "
+                         "(adapters on the body fine-tune a causal LM), or load the model with "
+                         "tie_word_embeddings=False to train an untied copy")
 
 
 def get_autolora_model(model, config):
     """Replace the target modules of ``model`` in place by AutoLoRA layers, freeze everything except the LoRA
     factors, the selection logits and the heads (modules_to_save), and store the resolved config as
-    ``model.autolora_config``. Returns ``model``."""
+    ``model.autolora_config``. Returns ``model``.
+
+    Every trained parameter has one role: a target inside a head is not adapted (the head trains its weights in
+    full; see :func:`find_target_modules`)."""
     if adapter_modules(model):
         raise ValueError("model already carries AutoLoRA adapters; inject into a fresh model")
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     targets = config.resolved_target_modules(model_type)
-    names = find_target_modules(model, targets)
+    heads = find_heads(model, config.modules_to_save)
+    names = find_target_modules(model, targets, heads)
     modules = {name: model.get_submodule(name) for name in names}
     branches = {name: _branch_names(name, module) for name, module in modules.items()}
     all_branches = [b for names_ in branches.values() for b in names_]
     unused = [key for key in (config.rank_pattern or {}) if not any(name_matches(b, [key]) for b in all_branches)]
     if unused:
         raise ValueError(f"rank_pattern keys {unused} match no adapted layer; adapted layers: {all_branches}")
-    heads = find_heads(model, config.modules_to_save)
     for param in model.parameters():
         param.requires_grad_(False)
     for name, module in modules.items():

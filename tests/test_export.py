@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 import autolora
 from autolora import AutoLoRAConfig, export_peft_adapter, get_autolora_model
-from tiny_models import TINY_SEQUENCE_CLASSIFIERS, tiny_batch, tiny_bert, tiny_bert_token_classifier, tiny_gpt2_lm
+from tiny_models import (TINY_SEQUENCE_CLASSIFIERS, tiny_batch, tiny_bert, tiny_bert_token_classifier, tiny_distilbert,
+                         tiny_gpt2_lm, tiny_roberta)
 
 # A non-uniform rank per branch, as a searched-then-retrained model has (GPT-2 c_attn: r_q + r_v in PEFT).
 FIXED_RANKS = [3, 1, 2, 4]
@@ -23,13 +24,15 @@ def fixed_rank_pattern(arch):
     return dict(zip(autolora.ranks(probe), FIXED_RANKS))
 
 
-def adapted_model(arch, selection, factory=None, seed=0, scale=0.5):
-    """A tiny model with AutoLoRA layers, random nonzero B, random logits beta and a perturbed head."""
+def adapted_model(arch, selection, factory=None, seed=0, scale=0.5, **config):
+    """A tiny model with AutoLoRA layers, random nonzero B, random logits beta and a perturbed head; ``config``
+    adds AutoLoRAConfig fields."""
     factory = factory or TINY_SEQUENCE_CLASSIFIERS[arch]
     if selection == "fixed":
-        config = AutoLoRAConfig(selection="fixed", max_rank=8, lora_alpha=8.0, rank_pattern=fixed_rank_pattern(arch))
+        config = AutoLoRAConfig(selection="fixed", max_rank=8, lora_alpha=8.0, rank_pattern=fixed_rank_pattern(arch),
+                                **config)
     else:
-        config = AutoLoRAConfig(selection=selection, max_rank=4, lora_alpha=16.0)
+        config = AutoLoRAConfig(selection=selection, max_rank=4, lora_alpha=16.0, **config)
     model = get_autolora_model(factory(), config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -91,10 +94,14 @@ def test_pruned_export_is_the_thresholded_model(arch, selection, tmp_path):
                                    rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch,factory,task,heads", [("bert", tiny_bert_token_classifier, "TOKEN_CLS", ["classifier"]),
-                                                     ("gpt2", tiny_gpt2_lm, "CAUSAL_LM", None)])
-def test_other_task_types(arch, factory, task, heads, tmp_path):
-    model, factory = adapted_model(arch, "softmax", factory=factory)
+@pytest.mark.parametrize("factory,config,task,heads", [
+    (tiny_bert_token_classifier, {}, "TOKEN_CLS", ["classifier"]),
+    (tiny_gpt2_lm, {}, "CAUSAL_LM", None),
+    (tiny_distilbert, {}, "SEQ_CLS", ["classifier", "pre_classifier"]),
+    (tiny_roberta, {"target_modules": ["dense"]}, "SEQ_CLS", ["classifier"]),  # classifier.dense stays in the head
+], ids=["bert-token", "gpt2-lm", "distilbert", "roberta-dense"])
+def test_other_task_types_and_heads(factory, config, task, heads, tmp_path):
+    model, factory = adapted_model(None, "softmax", factory=factory, **config)
     export_peft_adapter(model, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert (config["task_type"], config["modules_to_save"]) == (task, heads)

@@ -4,9 +4,10 @@ Each factory builds its weights under ``torch.random.fork_rng`` with the given s
 model and the caller's RNG state is left untouched.
 """
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, BertForTokenClassification, GPT2Config,
-                          GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForSequenceClassification, RobertaConfig,
-                          RobertaForSequenceClassification)
+from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
+                          BertForTokenClassification, DistilBertConfig, DistilBertForSequenceClassification, GPT2Config,
+                          GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForSequenceClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
 
 VOCAB_SIZE = 100
 HIDDEN = 32
@@ -37,6 +38,18 @@ def tiny_bert_token_classifier(num_labels=5, seed=0, dtype=torch.float32):
     return _build(BertForTokenClassification, _bert_config(num_labels), seed, dtype)
 
 
+def tiny_bert_question_answering(seed=0, dtype=torch.float32):
+    """BertForQuestionAnswering (span start/end head ``qa_outputs``), same body as :func:`tiny_bert`."""
+    return _build(BertForQuestionAnswering, _bert_config(2), seed, dtype)
+
+
+def tiny_distilbert(num_labels=3, seed=0, dtype=torch.float32):
+    """DistilBertForSequenceClassification; head ``pre_classifier`` then ``classifier``, targets ``q_lin``/``v_lin``."""
+    config = DistilBertConfig(vocab_size=VOCAB_SIZE, dim=HIDDEN, n_layers=LAYERS, n_heads=2, hidden_dim=64,
+                              max_position_embeddings=64, num_labels=num_labels, pad_token_id=PAD_TOKEN_ID)
+    return _build(DistilBertForSequenceClassification, config, seed, dtype)
+
+
 def tiny_roberta(num_labels=3, seed=0, dtype=torch.float32):
     """RobertaForSequenceClassification; head ``classifier`` has ``dense`` and ``out_proj``."""
     config = RobertaConfig(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -55,9 +68,12 @@ def tiny_gpt2(num_labels=3, seed=0, dtype=torch.float32):
     return _build(GPT2ForSequenceClassification, _gpt2_config(num_labels), seed, dtype)
 
 
-def tiny_gpt2_lm(seed=0, dtype=torch.float32):
-    """GPT2LMHeadModel (language modelling head tied to the token embeddings), same body as :func:`tiny_gpt2`."""
-    return _build(GPT2LMHeadModel, _gpt2_config(2), seed, dtype)
+def tiny_gpt2_lm(seed=0, dtype=torch.float32, tie_word_embeddings=True):
+    """GPT2LMHeadModel (language modelling head tied to the token embeddings unless ``tie_word_embeddings=False``),
+    same body as :func:`tiny_gpt2`."""
+    config = _gpt2_config(2)
+    config.tie_word_embeddings = tie_word_embeddings
+    return _build(GPT2LMHeadModel, config, seed, dtype)
 
 
 def tiny_llama(num_labels=3, seed=0, dtype=torch.float32):
