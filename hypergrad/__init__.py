@@ -4,6 +4,7 @@ Functional core (pure functions of tensor sequences):
   unrolled_hypergrad   d Lval(W_K, A)/dA through K SGD steps: "exact" | "finite_difference" | "first_order"
   implicit_hypergrad   implicit-function-theorem hypergradient with "cg" | "neumann" inverse-Hessian products
   hvp, mixed_vp, mixed_vp_fd, conjugate_gradient, neumann_series   building blocks usable alone
+  training_gradients   g = grad_W Ltr, checking that every weight and hyper-parameter reaches Ltr
 Object API:
   BilevelOptimizer     alternating inner/meta steps on a torch.nn.Module with two torch optimizers
 """
@@ -11,12 +12,12 @@ from ._validation import NonFiniteHypergradError
 from .bilevel import BilevelOptimizer
 from .implicit import IMPLICIT_METHODS, implicit_hypergrad
 from .linear_solvers import conjugate_gradient, neumann_series
-from .products import hvp, mixed_vp, mixed_vp_fd
+from .products import hvp, mixed_vp, mixed_vp_fd, training_gradients
 from .rng import RngState, capture_rng_state, replay_rng_state
 from .unrolled import UNROLLED_METHODS, one_step_hypergrad, unrolled_hypergrad
 
 __all__ = [
     "BilevelOptimizer", "IMPLICIT_METHODS", "NonFiniteHypergradError", "RngState", "UNROLLED_METHODS",
     "capture_rng_state", "conjugate_gradient", "hvp", "implicit_hypergrad", "mixed_vp", "mixed_vp_fd",
-    "neumann_series", "one_step_hypergrad", "replay_rng_state", "unrolled_hypergrad",
+    "neumann_series", "one_step_hypergrad", "replay_rng_state", "training_gradients", "unrolled_hypergrad",
 ]

@@ -2,7 +2,7 @@
 what to fix, and no function returns a non-finite hypergradient."""
 import math
 from numbers import Real
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,45 @@ def as_tensor_tuple(name: str, tensors: Sequence[Tensor], *, require_grad: bool 
         if require_grad and not t.requires_grad:
             raise ValueError(f"{name}[{i}] does not require grad; call .requires_grad_() on it")
     return items
+
+
+def val_only_mask(hparams: Sequence[Tensor], val_only_hparams: Sequence[Tensor]) -> tuple[bool, ...]:
+    """One flag per hyper-parameter: True where it is one of ``val_only_hparams`` (matched by identity)."""
+    if isinstance(val_only_hparams, Tensor):
+        raise TypeError("val_only_hparams must be a sequence of tensors, got a single tensor; pass [tensor] instead")
+    position = {id(a): i for i, a in enumerate(hparams)}
+    declared = set()
+    for k, t in enumerate(val_only_hparams):
+        if id(t) not in position:
+            raise ValueError(f"val_only_hparams[{k}] is not one of the hyper-parameters; list the hyper-parameter "
+                             "tensors themselves (the same objects as in hparams)")
+        declared.add(position[id(t)])
+    return tuple(i in declared for i in range(len(hparams)))
+
+
+def check_reaches_training_loss(grads: Sequence[Optional[Tensor]], names: Sequence[str], *,
+                                val_only: Optional[Sequence[bool]] = None) -> None:
+    """Raise ValueError for a weight (``val_only`` None) or an undeclared hyper-parameter whose gradient of the
+    training loss is structurally absent (None from ``torch.autograd.grad(..., allow_unused=True)``)."""
+    for i, (g, name) in enumerate(zip(grads, names)):
+        if g is not None:
+            continue
+        if val_only is None:
+            raise ValueError(f"{name} has no path to the training loss, so it has no training gradient (was its "
+                             "module merged, bypassed or detached?); give the inner optimizer only weights the "
+                             "training loss uses")
+        if not val_only[i]:
+            raise ValueError(f"{name} has no path to the training loss, so it cannot move the inner step and its "
+                             "hypergradient would lack the mixed term (were the adapters merged?); if it "
+                             "legitimately enters only the validation loss, declare it in val_only_hparams")
+
+
+def check_has_graph(name: str, grads: Sequence[Tensor]) -> None:
+    """Raise ValueError if no tensor of ``grads`` carries an autograd graph: their second-order products would be
+    silently zero."""
+    if not any(g.requires_grad for g in grads):
+        raise ValueError(f"{name} carry no autograd graph, so their second derivatives would silently be zero; "
+                         "compute them with torch.autograd.grad(loss, params, create_graph=True)")
 
 
 def check_matching(name: str, tensors: Sequence[Tensor], like_name: str, like: Sequence[Tensor]) -> None:

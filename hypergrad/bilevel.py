@@ -1,14 +1,15 @@
 """Object API: one call of :meth:`BilevelOptimizer.step` = one real inner step on the weights W plus, every
 ``meta_every`` calls, one meta step on the hyper-parameters A with the one-step hypergradient of
 :func:`~hypergrad.unrolled.one_step_hypergrad` (the same code as the functional API)."""
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._validation import check_choice, check_count, check_real, check_scalar_loss, NonFiniteHypergradError
-from .products import grad_or_zeros
+from ._validation import (check_choice, check_count, check_real, check_scalar_loss, val_only_mask,
+                          NonFiniteHypergradError)
+from .products import training_gradients
 from .rng import capture_rng_state
 from .tensor_tuples import Tensors, global_norm
 from .unrolled import UNROLLED_METHODS, one_step_hypergrad
@@ -53,12 +54,17 @@ class BilevelOptimizer:
     None, the current ``inner_optimizer.param_groups[0]["lr"]``. Gradients are written to ``.grad`` only for the
     optimizer step that consumes them and cleared after it. Buffers (e.g. BatchNorm statistics) are those of
     ``model`` in every pass.
+
+    Every weight must reach the training loss on every step, and every hyper-parameter on meta steps (ValueError
+    before anything is stepped, e.g. for adapters merged into the base weights), except the hyper-parameters
+    listed in ``val_only_hparams``: those that legitimately enter only the validation loss (zero mixed term,
+    h = grad_A Lval(W', A)).
     """
 
     def __init__(self, model: nn.Module, inner_optimizer: torch.optim.Optimizer,
                  outer_optimizer: torch.optim.Optimizer, train_loss: ModelLoss, val_loss: Optional[ModelLoss] = None,
                  *, method: str = "finite_difference", lr: Optional[float] = None, fd_radius: float = 0.01,
-                 meta_every: int = 1):
+                 meta_every: int = 1, val_only_hparams: Sequence[Tensor] = ()):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name, opt in (("inner_optimizer", inner_optimizer), ("outer_optimizer", outer_optimizer)):
@@ -90,6 +96,9 @@ class BilevelOptimizer:
             raise ValueError(f"inner_optimizer tensors at positions {missing} are not parameters of model; the inner "
                              "optimizer must hold model parameters only")
         self._weight_names = tuple(names[id(p)] for p in self._weights)
+        self._hparam_names = tuple(names.get(id(a), f"outer_optimizer tensor {i}") for i, a in enumerate(self._hparams))
+        val_only_mask(self._hparams, val_only_hparams)
+        self.val_only_hparams = tuple(val_only_hparams)
         self._train_module = _BoundLoss(model, train_loss)
         self._val_module = _BoundLoss(model, val_loss)
 
@@ -115,13 +124,17 @@ class BilevelOptimizer:
         loss = check_scalar_loss("train_loss", train_fn(self._weights, self._hparams))
         if not bool(torch.isfinite(loss)):
             raise NonFiniteHypergradError(f"train_loss is {loss.item()}; lower the learning rate or check the data")
-        grads = grad_or_zeros(loss, self._weights, create_graph=meta and self.method == "exact")
+        grads = training_gradients(loss, self._weights, self._hparams if meta else (),
+                                   create_graph=meta and self.method == "exact",
+                                   val_only_hparams=self.val_only_hparams if meta else (),
+                                   param_names=self._weight_names, hparam_names=self._hparam_names)
         stats = {"train_loss": loss.item(), "meta_step": meta}
         if meta:
             eta = self.inner_optimizer.param_groups[0]["lr"] if self.lr is None else self.lr
             hypergrads, val = one_step_hypergrad(train_fn, self._loss_at(self._val_module, val_batch), self._weights,
                                                  self._hparams, grads, lr=float(eta), method=self.method,
-                                                 fd_radius=self.fd_radius, rng_state=rng_state)
+                                                 fd_radius=self.fd_radius, rng_state=rng_state,
+                                                 val_only_hparams=self.val_only_hparams)
             stats.update(val_loss=val.item(), hypergrad_norm=global_norm(hypergrads).item())
         _apply(self.inner_optimizer, self._weights, grads)
         if meta:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ._validation import as_tensor_tuple, check_choice, check_finite, check_scalar_loss
 from .linear_solvers import conjugate_gradient, neumann_series
-from .products import grad_or_zeros, hvp, mixed_vp
+from .products import grad_or_zeros, hvp, mixed_vp, training_gradients
 from .tensor_tuples import Tensors, detached
 
 LossFn = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
@@ -18,13 +18,15 @@ IMPLICIT_METHODS = ("cg", "neumann")
 
 def implicit_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Tensor], hparams: Sequence[Tensor],
                        *, method: str = "cg", iterations: int = 20, alpha: float = 1.0,
-                       tol: float = 1e-10) -> Tensors:
+                       tol: float = 1e-10, val_only_hparams: Sequence[Tensor] = ()) -> Tensors:
     """IFT hypergradient dLval(W*(A), A)/dA evaluated at ``params`` (taken as the inner optimum W*).
 
     method "cg": :func:`~hypergrad.conjugate_gradient` with at most ``iterations`` Hessian products and relative
     residual ``tol`` (H must be positive definite). method "neumann": :func:`~hypergrad.neumann_series` with
     J = ``iterations`` products and step ``alpha`` (converges for 0 < alpha < 2 / lambda_max(H)).
-    Returns one tensor per hyper-parameter; inputs are not modified and get no ``.grad``."""
+    Every weight and every hyper-parameter not in ``val_only_hparams`` must reach ``train_loss`` (ValueError
+    otherwise; see :func:`~hypergrad.training_gradients`). Returns one tensor per hyper-parameter; inputs are not
+    modified and get no ``.grad``."""
     params = as_tensor_tuple("params", params)
     hparams = as_tensor_tuple("hparams", hparams)
     method = check_choice("method", method, IMPLICIT_METHODS)
@@ -32,7 +34,7 @@ def implicit_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Te
     grads = grad_or_zeros(val, params + hparams)
     v, direct = detached(grads[:len(params)]), grads[len(params):]
     train = check_scalar_loss("train_loss", train_loss(params, hparams))
-    train_grads = grad_or_zeros(train, params, create_graph=True)
+    train_grads = training_gradients(train, params, hparams, create_graph=True, val_only_hparams=val_only_hparams)
 
     def hessian_times(x: Tensors) -> Tensors:
         return hvp(train_grads, params, x)

@@ -13,9 +13,9 @@ from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
-from ._validation import (as_tensor_tuple, check_choice, check_count, check_finite, check_real,
+from ._validation import (as_tensor_tuple, check_choice, check_count, check_finite, check_has_graph, check_real,
                           check_scalar_loss)
-from .products import grad_or_zeros, mixed_vp, mixed_vp_fd
+from .products import grad_or_zeros, mixed_vp, mixed_vp_fd, training_gradients
 from .rng import RngState, capture_rng_state
 from .tensor_tuples import Tensors, detached
 
@@ -25,13 +25,18 @@ UNROLLED_METHODS = ("exact", "finite_difference", "first_order")
 
 def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hparams: Tensors,
                        train_grads: Tensors, *, lr: float, method: str, fd_radius: float = 0.01,
-                       rng_state: Optional[RngState] = None) -> tuple[Tensors, Tensor]:
+                       rng_state: Optional[RngState] = None,
+                       val_only_hparams: Sequence[Tensor] = ()) -> tuple[Tensors, Tensor]:
     """Return (h, Lval(W', A)) for one SGD step W' = W - lr * train_grads.
 
     ``train_grads`` is grad_W Ltr(W, A), computed by the caller from ``rng_state`` (with ``create_graph=True`` for
-    method "exact", whose mixed term differentiates it). The finite-difference passes replay ``rng_state``.
-    Raises NonFiniteHypergradError rather than returning NaN/Inf."""
+    method "exact", whose mixed term differentiates it: ValueError if none of them carries a graph), preferably by
+    :func:`~hypergrad.training_gradients`, which checks that every weight and hyper-parameter reaches Ltr. The
+    finite-difference passes replay ``rng_state`` and raise ValueError for a hyper-parameter with no path to Ltr
+    unless it is in ``val_only_hparams``. Raises NonFiniteHypergradError rather than returning NaN/Inf."""
     method = check_choice("method", method, UNROLLED_METHODS)
+    if method == "exact":
+        check_has_graph("train_grads", train_grads)
     lookahead = tuple((p.detach() - lr * g.detach()).requires_grad_(method != "first_order")
                       for p, g in zip(params, train_grads))
     val = check_scalar_loss("val_loss", val_loss(lookahead, hparams))
@@ -43,31 +48,35 @@ def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hp
         if method == "exact":
             mixed = mixed_vp(train_grads, hparams, v)
         else:
-            mixed = mixed_vp_fd(train_loss, params, hparams, v, radius=fd_radius, rng_state=rng_state)
+            mixed = mixed_vp_fd(train_loss, params, hparams, v, radius=fd_radius, rng_state=rng_state,
+                                val_only_hparams=val_only_hparams)
         h = tuple(d - lr * m for d, m in zip(direct, mixed))
     check_finite("hypergradient", h)
     return detached(h), val.detach()
 
 
 def sgd_steps(train_loss: LossFn, params: Tensors, hparams: Tensors, *, lr: float, steps: int,
-              differentiable: bool) -> Tensors:
+              differentiable: bool, val_only_hparams: Sequence[Tensor] = ()) -> Tensors:
     """W_{k+1} = W_k - lr * grad_W Ltr(W_k, A) for ``steps`` steps from W_0 = params.
 
     With ``differentiable`` the steps stay in the autograd graph (memory grows linearly with ``steps``: every
-    step keeps its forward activations and its gradient graph); otherwise each step starts from detached weights."""
+    step keeps its forward activations and its gradient graph); otherwise each step starts from detached weights.
+    Each step checks reachability as :func:`~hypergrad.training_gradients` does."""
     weights = params
     for _ in range(steps):
         if not differentiable:
             weights = tuple(w.detach().requires_grad_() for w in weights)
         loss = check_scalar_loss("train_loss", train_loss(weights, hparams))
-        grads = grad_or_zeros(loss, weights, create_graph=differentiable)
+        grads = training_gradients(loss, weights, hparams, create_graph=differentiable,
+                                   val_only_hparams=val_only_hparams)
         stepped = tuple(w - lr * g for w, g in zip(weights, grads))
         weights = stepped if differentiable else detached(stepped)
     return weights
 
 
 def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Tensor], hparams: Sequence[Tensor],
-                       *, lr: float, method: str = "exact", steps: int = 1, fd_radius: float = 0.01) -> Tensors:
+                       *, lr: float, method: str = "exact", steps: int = 1, fd_radius: float = 0.01,
+                       val_only_hparams: Sequence[Tensor] = ()) -> Tensors:
     """d Lval(W_K, A) / dA with W_K from ``steps`` = K plain SGD steps of size ``lr`` on Ltr from W_0 = params.
 
     ``train_loss(params, hparams)`` and ``val_loss(params, hparams)`` take sequences of tensors and return scalars.
@@ -78,8 +87,12 @@ def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Te
     * "finite_difference": K = 1 only; mixed term by central difference with radius ``fd_radius`` (DARTS).
     * "first_order": the direct term only, h = grad_A Lval(W_K, A) with W_K held constant.
 
-    Returns one tensor per hyper-parameter (zeros where the losses do not depend on it). The inputs are neither
-    modified nor given a ``.grad``. Raises NonFiniteHypergradError instead of returning NaN/Inf.
+    Every weight and every hyper-parameter must reach ``train_loss`` (ValueError otherwise), except the
+    hyper-parameters listed in ``val_only_hparams``: those that legitimately enter only the validation loss (their
+    mixed term is zero, h = grad_A Lval(W_K, A); zeros if they enter neither loss).
+
+    Returns one tensor per hyper-parameter. The inputs are neither modified nor given a ``.grad``. Raises
+    NonFiniteHypergradError instead of returning NaN/Inf.
     """
     params = as_tensor_tuple("params", params)
     hparams = as_tensor_tuple("hparams", hparams)
@@ -90,16 +103,18 @@ def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Te
     if method == "finite_difference" and steps != 1:
         raise ValueError("method='finite_difference' supports steps=1 only; use method='exact' for steps > 1")
     if method == "exact" and steps > 1:
-        final = sgd_steps(train_loss, params, hparams, lr=lr, steps=steps, differentiable=True)
+        final = sgd_steps(train_loss, params, hparams, lr=lr, steps=steps, differentiable=True,
+                          val_only_hparams=val_only_hparams)
         h = grad_or_zeros(check_scalar_loss("val_loss", val_loss(final, hparams)), hparams)
         check_finite("hypergradient", h)
         return detached(h)
     start = params if steps == 1 else tuple(
         w.requires_grad_() for w in sgd_steps(train_loss, params, hparams, lr=lr, steps=steps - 1,
-                                               differentiable=False))
+                                               differentiable=False, val_only_hparams=val_only_hparams))
     rng_state = capture_rng_state()
     loss = check_scalar_loss("train_loss", train_loss(start, hparams))
-    train_grads = grad_or_zeros(loss, start, create_graph=method == "exact")
+    train_grads = training_gradients(loss, start, hparams, create_graph=method == "exact",
+                                     val_only_hparams=val_only_hparams)
     h, _ = one_step_hypergrad(train_loss, val_loss, start, hparams, train_grads, lr=lr, method=method,
-                              fd_radius=fd_radius, rng_state=rng_state)
+                              fd_radius=fd_radius, rng_state=rng_state, val_only_hparams=val_only_hparams)
     return h

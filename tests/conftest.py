@@ -16,7 +16,8 @@ def gated_forward(w1, w2, logits, x, dropout=0.0):
 def make_gated_problem(seed=0, dtype=torch.float64, n=12, d=4, hidden=5, dropout=0.0):
     """Ltr(W, A) = fit(W, A, train) + regulariser(W, A),  Lval(W, A) = fit(W, A, val),
     fit = mean (f(x; W, beta) - y)^2,  regulariser = exp(log_decay) ||W||^2 / 2,
-    W = (W1, W2), A = (beta, log_decay, unused). ``unused`` enters neither loss."""
+    W = (W1, W2), A = (beta, log_decay). ``unused`` is a hyper-parameter-shaped tensor that enters neither loss
+    (passing it as a hyper-parameter raises unless it is declared in ``val_only_hparams``)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -24,8 +25,8 @@ def make_gated_problem(seed=0, dtype=torch.float64, n=12, d=4, hidden=5, dropout
 
     x, y, x_val, y_val = randn(n, d), randn(n, 1), randn(n, d), randn(n, 1)
     params = [randn(hidden, d).requires_grad_(), (0.5 * randn(1, hidden)).requires_grad_()]
-    hparams = [randn(hidden).requires_grad_(), torch.tensor(-2.0, dtype=dtype).requires_grad_(),
-               randn(3).requires_grad_()]
+    hparams = [randn(hidden).requires_grad_(), torch.tensor(-2.0, dtype=dtype).requires_grad_()]
+    unused = randn(3).requires_grad_()
 
     def fit(p, a, batch):
         inputs, targets = batch
@@ -41,7 +42,8 @@ def make_gated_problem(seed=0, dtype=torch.float64, n=12, d=4, hidden=5, dropout
         return fit(p, a, (x_val, y_val))
 
     return SimpleNamespace(train_loss=train_loss, val_loss=val_loss, fit=fit, regulariser=regulariser,
-                           params=params, hparams=hparams, train_batch=(x, y), val_batch=(x_val, y_val))
+                           params=params, hparams=hparams, unused=unused, train_batch=(x, y),
+                           val_batch=(x_val, y_val))
 
 
 @pytest.fixture

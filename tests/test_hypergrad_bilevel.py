@@ -17,7 +17,7 @@ class GatedNet(nn.Module):
     def __init__(self, problem):
         super().__init__()
         self.w1, self.w2 = (nn.Parameter(p.detach().clone()) for p in problem.params)
-        self.logits, self.log_decay = (nn.Parameter(a.detach().clone()) for a in problem.hparams[:2])
+        self.logits, self.log_decay = (nn.Parameter(a.detach().clone()) for a in problem.hparams)
 
     def weights(self):
         return [self.w1, self.w2]
@@ -45,18 +45,20 @@ def _object_api(problem, method, inner_lr=0.3, meta_every=1, unused=None):
     opt = hypergrad.BilevelOptimizer(
         model, inner, outer,
         lambda m, batch: problem.fit(m.weights(), m.gates(), batch) + problem.regulariser(m.weights(), m.gates()),
-        lambda m, batch: problem.fit(m.weights(), m.gates(), batch), method=method, meta_every=meta_every)
+        lambda m, batch: problem.fit(m.weights(), m.gates(), batch), method=method, meta_every=meta_every,
+        val_only_hparams=[] if unused is None else [unused])
     return model, inner, outer, opt
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_equals_functional_api(gated_problem, method):
     problem = gated_problem()
-    unused = problem.hparams[2].detach().clone().requires_grad_()
+    unused = problem.unused.detach().clone().requires_grad_()
     model, inner, outer, opt = _object_api(problem, method, unused=unused)
     stats = opt.step(problem.train_batch, problem.val_batch)
-    expected = hypergrad.unrolled_hypergrad(problem.train_loss, problem.val_loss, problem.params, problem.hparams,
-                                            lr=0.3, method=method)
+    expected = hypergrad.unrolled_hypergrad(problem.train_loss, problem.val_loss, problem.params,
+                                            problem.hparams + [problem.unused], lr=0.3, method=method,
+                                            val_only_hparams=[problem.unused])
     for got, want in zip(outer.seen[0], expected):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
     train_grads = torch.autograd.grad(problem.train_loss(problem.params, problem.hparams), problem.params)
@@ -78,7 +80,7 @@ def test_step_size_defaults_to_inner_learning_rate_and_can_be_overridden(gated_p
     model, _, outer, opt = _object_api(problem, "exact", inner_lr=0.3)
     opt.lr = 0.1
     opt.step(problem.train_batch, problem.val_batch)
-    expected = hypergrad.unrolled_hypergrad(problem.train_loss, problem.val_loss, problem.params, problem.hparams[:2],
+    expected = hypergrad.unrolled_hypergrad(problem.train_loss, problem.val_loss, problem.params, problem.hparams,
                                             lr=0.1)
     for got, want in zip(outer.seen[0], expected):
         torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)

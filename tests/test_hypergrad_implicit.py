@@ -55,8 +55,11 @@ def test_cg_stops_early_at_the_tolerance():
 
 
 @pytest.mark.parametrize("method", ["cg", "neumann"])
-def test_unused_hyperparameter_gets_zeros(method):
-    train, val, w_star, lam, _, _ = _ridge()
+def test_unused_hyperparameter_raises_unless_declared_and_then_gets_zeros(method):
+    train, val, w_star, lam, expected, _ = _ridge()
     unused = torch.ones(2, **f64, requires_grad=True)
-    h = hypergrad.implicit_hypergrad(train, val, [w_star], [lam, unused], method=method, alpha=0.1)
+    with pytest.raises(ValueError, match=r"hparams\[1\] has no path to the training loss"):
+        hypergrad.implicit_hypergrad(train, val, [w_star], [lam, unused], method=method, alpha=0.1)
+    h = hypergrad.implicit_hypergrad(train, val, [w_star], [lam, unused], method=method, alpha=0.1,
+                                     val_only_hparams=[unused])
     assert torch.equal(h[1], torch.zeros(2, **f64))
