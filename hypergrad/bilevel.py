@@ -120,7 +120,8 @@ class BilevelOptimizer:
         if meta and val_batch is None:
             raise ValueError("a meta step is due on this call; pass val_batch")
         train_fn = self._loss_at(self._train_module, train_batch)
-        rng_state = capture_rng_state()
+        replayed = meta and self.method == "finite_difference"
+        rng_state = capture_rng_state(t.device for t in self._weights + self._hparams) if replayed else None
         loss = check_scalar_loss("train_loss", train_fn(self._weights, self._hparams))
         if not bool(torch.isfinite(loss)):
             raise NonFiniteHypergradError(f"train_loss is {loss.item()}; lower the learning rate or check the data")

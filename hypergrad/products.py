@@ -120,7 +120,8 @@ def mixed_vp_fd(train_loss: LossFn, params: Sequence[Tensor], hparams: Sequence[
 
     with ||v|| the global 2-norm over all tensors. Error O(radius^2) for smooth L. Both passes evaluate ``train_loss``
     at perturbed copies of ``params`` (which are never modified), from the same random state ``rng_state`` (default:
-    the current one; the global random state is left untouched) and with autocast disabled. Returns zeros if v = 0.
+    the current one of the CPU and of the tensors' device types; the global random state is left untouched) and
+    with autocast disabled. Returns zeros if v = 0.
     A hyper-parameter with no path to L raises ValueError unless listed in ``val_only_hparams`` (it gets zeros).
     """
     params = as_tensor_tuple("params", params, require_grad=False)
@@ -129,11 +130,11 @@ def mixed_vp_fd(train_loss: LossFn, params: Sequence[Tensor], hparams: Sequence[
     vector = tuple(vector)
     check_matching("vector", vector, "params", params)
     radius = check_real("fd_radius", radius, positive=True)
+    state = capture_rng_state(t.device for t in params + hparams) if rng_state is None else rng_state
     norm = global_norm(vector)
     if norm == 0:
         return zeros_like(hparams)
     eps = radius / norm
-    state = capture_rng_state() if rng_state is None else rng_state
 
     def grad_hparams_at(sign: float) -> Tensors:
         shifted = tuple(p.detach() + (sign * eps) * v.detach() for p, v in zip(params, vector))

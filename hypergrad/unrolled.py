@@ -111,7 +111,7 @@ def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Te
     start = params if steps == 1 else tuple(
         w.requires_grad_() for w in sgd_steps(train_loss, params, hparams, lr=lr, steps=steps - 1,
                                                differentiable=False, val_only_hparams=val_only_hparams))
-    rng_state = capture_rng_state()
+    rng_state = capture_rng_state(t.device for t in start + hparams) if method == "finite_difference" else None
     loss = check_scalar_loss("train_loss", train_loss(start, hparams))
     train_grads = training_gradients(loss, start, hparams, create_graph=method == "exact",
                                      val_only_hparams=val_only_hparams)
