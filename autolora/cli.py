@@ -187,13 +187,22 @@ def check_model_location(name: str) -> None:
 
 
 def load_tokenizer(args: argparse.Namespace):
+    """The model's tokenizer; one without a pad token (GPT-2, LLaMA) pads with its eos token."""
     from transformers import AutoTokenizer
     check_model_location(args.model)
-    return AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"the tokenizer of {args.model} has neither a pad nor an eos token to pad batches with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
-def load_base_model(args: argparse.Namespace, data: TaskData, *, double_backward: bool = False) -> torch.nn.Module:
-    """A fresh pretrained model with a task head, its random head initialised from ``--seed``.
+def load_base_model(args: argparse.Namespace, data: TaskData, tokenizer, *,
+                    double_backward: bool = False) -> torch.nn.Module:
+    """A fresh pretrained model with a task head, its random head initialised from ``--seed``. A model without a
+    pad token id gets the tokenizer's, so that sequence classifiers that pool the last token (GPT-2, LLaMA) find
+    the last token that is not padding.
 
     ``double_backward`` selects eager attention: the CPU SDPA attention kernel cannot be differentiated twice, which
     the exact hypergradient needs."""
@@ -202,12 +211,16 @@ def load_base_model(args: argparse.Namespace, data: TaskData, *, double_backward
     torch.manual_seed(args.seed)
     options = {"attn_implementation": "eager"} if double_backward else {}
     if data.task_type == "token-classification":
-        return AutoModelForTokenClassification.from_pretrained(args.model, num_labels=data.num_labels,
-                                                               ignore_mismatched_sizes=True, **options)
-    problem = "regression" if data.task_type == "regression" else "single_label_classification"
-    return AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=data.num_labels,
-                                                              problem_type=problem, ignore_mismatched_sizes=True,
-                                                              **options)
+        model = AutoModelForTokenClassification.from_pretrained(args.model, num_labels=data.num_labels,
+                                                                ignore_mismatched_sizes=True, **options)
+    else:
+        problem = "regression" if data.task_type == "regression" else "single_label_classification"
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=data.num_labels,
+                                                                   problem_type=problem, ignore_mismatched_sizes=True,
+                                                                   **options)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def search_config(args: argparse.Namespace) -> AutoLoRAConfig:
@@ -246,7 +259,7 @@ def write_search_outputs(args: argparse.Namespace, result: SearchResult) -> None
 
 
 def run_search(args: argparse.Namespace, data: TaskData, tokenizer, monitor: StepMonitor) -> dict[str, int]:
-    model = get_autolora_model(load_base_model(args, data, double_backward=args.method == "exact"),
+    model = get_autolora_model(load_base_model(args, data, tokenizer, double_backward=args.method == "exact"),
                                search_config(args))
     logger.info("search: %d steps, method %s, %d training examples split 1:1 into D_tr/D_val",
                 args.search_steps, args.method, len(data.train))
@@ -280,7 +293,7 @@ def export_adapter(args: argparse.Namespace, model: torch.nn.Module) -> str:
 
 def run_retrain(args: argparse.Namespace, data: TaskData, tokenizer, ranks: dict[str, int],
                 monitor: StepMonitor) -> torch.nn.Module:
-    model = build_retrain_model(load_base_model(args, data), search_config(args), ranks)
+    model = build_retrain_model(load_base_model(args, data, tokenizer), search_config(args), ranks)
     steps = retrain_steps(args, data)
     logger.info("retrain: %d steps on all %d training examples (D_tr and D_val)", steps, len(data.train))
     monitor.phase = "retrain"
@@ -315,7 +328,7 @@ def read_ranks_file(path: str) -> dict[str, int]:
     return ranks
 
 
-def load_exported_model(args: argparse.Namespace, data: TaskData) -> torch.nn.Module:
+def load_exported_model(args: argparse.Namespace, data: TaskData, tokenizer) -> torch.nn.Module:
     """The base model with OUTPUT_DIR/adapter applied by stock PEFT."""
     try:
         from peft import PeftModel
@@ -324,7 +337,7 @@ def load_exported_model(args: argparse.Namespace, data: TaskData) -> torch.nn.Mo
     adapter = os.path.join(args.output_dir, "adapter")
     if not os.path.isdir(adapter):
         raise FileNotFoundError(f"no adapter in {adapter}: run `autolora retrain` or `autolora run` first")
-    return PeftModel.from_pretrained(load_base_model(args, data), adapter)
+    return PeftModel.from_pretrained(load_base_model(args, data, tokenizer), adapter)
 
 
 def report(ranks: dict[str, int] | None, metrics: dict | None, task_type: str) -> None:
@@ -359,7 +372,7 @@ def execute(args: argparse.Namespace) -> None:
         if args.command == "run":
             metrics = run_evaluation(args, data, tokenizer, model)
     if args.command == "evaluate":
-        metrics = run_evaluation(args, data, tokenizer, load_exported_model(args, data))
+        metrics = run_evaluation(args, data, tokenizer, load_exported_model(args, data, tokenizer))
     report(ranks, metrics, data.task_type)
 
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .data import make_loader
+from .data import make_loader, pad_token_id_of
 from .metrics import TASK_TYPES, compute_metrics
 from .retrain import to_device
 
@@ -35,7 +35,7 @@ def predict(model: torch.nn.Module, dataset, *, task_type: str, batch_size: int 
     was_training = model.training
     model.eval()
     predictions, labels = [], []
-    loader = make_loader(dataset, batch_size, shuffle=False, tokenizer=tokenizer)
+    loader = make_loader(dataset, batch_size, shuffle=False, tokenizer=tokenizer, pad_token_id=pad_token_id_of(model))
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         batch = to_device(batch, device)
         gold = batch.pop("labels")

@@ -5,7 +5,9 @@ import os
 import random
 
 import datasets
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -19,7 +21,7 @@ from autolora.evaluation import evaluate, predict
 from autolora.metrics import METRIC_NAMES
 from autolora.model import adapter_branches, get_autolora_model
 from autolora.retrain import build_retrain_model
-from tiny_models import tiny_bert, tiny_bert_token_classifier
+from tiny_models import tiny_bert, tiny_bert_token_classifier, tiny_gpt2
 from tiny_tokenizer import WORDS, tiny_tokenizer
 
 K = 3
@@ -40,7 +42,7 @@ def synthetic_rows(task_type, n, rng):
     """(text, label) rows; sequence labels depend on the words, so every task is learnable."""
     rows = []
     for _ in range(n):
-        words = [rng.choice(WORD_LIST) for _ in range(5)]
+        words = [rng.choice(WORD_LIST) for _ in range(rng.randint(2, 7))]  # ragged: batches need padding
         text = " ".join(words)
         if task_type == "classification":
             label = int(any(w in ("good", "great", "love", "fun") for w in words))
@@ -68,9 +70,22 @@ def workspace(tmp_path_factory):
     return {"root": root, "model": str(model_dir), "files": files}
 
 
-def cli_args(workspace, task_type, output_dir, command="run", *extra):
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A saved tiny GPT-2 body whose config and tokenizer have no pad token (an eos token only), as GPT-2 ships."""
+    model_dir = tmp_path_factory.mktemp("tiny-gpt2")
+    body = tiny_gpt2().transformer
+    body.config.pad_token_id = None
+    body.save_pretrained(model_dir)
+    tokenizer = tiny_tokenizer(model_dir)
+    tokenizer.pad_token, tokenizer.eos_token = None, "[MASK]"  # an eos that the tokenizer never inserts
+    tokenizer.save_pretrained(model_dir)
+    return str(model_dir)
+
+
+def cli_args(workspace, task_type, output_dir, command="run", *extra, model=None):
     files = workspace["files"][task_type]
-    args = [command, "--model", workspace["model"], "--train-file", files["train"],
+    args = [command, "--model", model or workspace["model"], "--train-file", files["train"],
             "--validation-file", files["validation"], "--test-file", files["test"], "--task-type", task_type,
             "--text-column", "text", "--label-column", "label", "--output-dir", str(output_dir),
             "--max-rank", str(K), "--batch-size", "4", "--max-length", "12", "--checkpoint-every", "2"]
@@ -149,6 +164,71 @@ def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, ru
                         tokenizer=tokenizer)
     recorded = json.loads((out / "metrics.json").read_text())["test"]
     assert recorded == pytest.approx(expected, abs=1e-5)
+
+
+def outputs_one_by_one(model, dataset):
+    """The model's logits on each example alone (batch of one, no padding): what padded batches must reproduce."""
+    model.eval()
+    with torch.no_grad():
+        return [model(**{k: torch.tensor([v]) for k, v in row.items() if k != "labels"}).logits[0] for row in dataset]
+
+
+def metrics_by_hand(task_type, outputs, dataset, label_names):
+    """The task's metrics from per-example outputs, by their textbook definitions: binary F1 = 2TP / (2TP + FP +
+    FN), binary Matthews correlation = Pearson correlation of the 0/1 predictions and labels, regression through
+    scipy.stats, entity scores over (type, start, end) spans of BIO tags."""
+    if task_type == "regression":
+        predicted, gold = np.array([o.item() for o in outputs]), np.array(dataset["labels"])
+        return {"spearman": scipy.stats.spearmanr(predicted, gold)[0],
+                "pearson": scipy.stats.pearsonr(predicted, gold)[0], "mse": float(np.mean((predicted - gold) ** 2))}
+    if task_type == "classification":
+        predicted, gold = np.array([int(o.argmax()) for o in outputs]), np.array(dataset["labels"])
+        tp, fp, fn = [int(np.sum((predicted == p) & (gold == g))) for p, g in ((1, 1), (1, 0), (0, 1))]
+        constant = predicted.std() == 0 or gold.std() == 0
+        return {"accuracy": float(np.mean(predicted == gold)), "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+                "matthews_corrcoef": 0.0 if constant else scipy.stats.pearsonr(predicted, gold)[0]}
+    found = correct = expected = right_tokens = tokens = 0
+    for output, labels in zip(outputs, dataset["labels"]):
+        pairs = [(label_names[g], label_names[int(p)]) for p, g in zip(output.argmax(-1), labels) if g != -100]
+        gold_spans, predicted_spans = (bio_spans([pair[i] for pair in pairs]) for i in (0, 1))
+        found, expected = found + len(predicted_spans), expected + len(gold_spans)
+        correct += len(gold_spans & predicted_spans)
+        right_tokens, tokens = right_tokens + sum(g == p for g, p in pairs), tokens + len(pairs)
+    precision, recall = correct / found if found else 0.0, correct / expected if expected else 0.0
+    return {"f1": 2 * precision * recall / (precision + recall) if correct else 0.0, "precision": precision,
+            "recall": recall, "accuracy": right_tokens / tokens}
+
+
+def bio_spans(tags):
+    """{(type, start, end)}: every B-X or I-X that does not continue a span opens one, which runs over the I-X
+    after it."""
+    spans, i = set(), 0
+    while i < len(tags):
+        if tags[i] == "O":
+            i += 1
+            continue
+        kind, end = tags[i][2:], i + 1
+        while end < len(tags) and tags[end] == f"I-{kind}":
+            end += 1
+        spans.add((kind, i, end))
+        i = end
+    return spans
+
+
+def test_model_without_a_pad_token_gets_the_eos_token_and_pools_the_last_real_token(workspace, gpt2_dir, tmp_path):
+    """A GPT-2 classifier with no pad token: the command pads with eos and sets config.pad_token_id, so that the
+    recorded metrics equal those of the exported adapter run example by example, unpadded."""
+    out = tmp_path / "gpt2"
+    main(cli_args(workspace, "classification", out, model=gpt2_dir))
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
+    data = load_files(*workspace["files"]["classification"].values(), task_type="classification",
+                      text_column="text", label_column="label", tokenizer=tokenizer, max_length=12)
+    assert len(set(map(len, data.test["input_ids"]))) > 1  # the test batches are padded
+    base = AutoModelForSequenceClassification.from_pretrained(gpt2_dir, num_labels=2)
+    assert base.config.pad_token_id is None
+    peft_model = PeftModel.from_pretrained(base, out / "adapter")
+    expected = metrics_by_hand("classification", outputs_one_by_one(peft_model, data.test), data.test, None)
+    assert json.loads((out / "metrics.json").read_text())["test"] == pytest.approx(expected, abs=1e-5)
 
 
 def assert_same_outputs(out, reference):
@@ -244,3 +324,16 @@ def test_predict_keeps_first_subtokens_and_matches_the_logits():
     with torch.no_grad():
         expected = regressor(input_ids=torch.tensor([[2, 10, 3]])).logits.item()
     assert labels == [0.5] and predictions == pytest.approx([expected], abs=1e-6)
+
+
+def test_predict_without_tokenizer_pads_with_the_models_pad_id():
+    """A GPT-2 regressor pools the last token whose id is not config.pad_token_id (5): each prediction equals the
+    output on the unpadded example alone."""
+    model = tiny_gpt2(num_labels=1)
+    model.config.pad_token_id = 5
+    rows = [[7, 9, 11], [8, 3, 12, 40, 41], [6, 20]]
+    dataset = datasets.Dataset.from_dict({"input_ids": rows, "labels": [0.0, 1.0, 2.0]})
+    predictions, _ = predict(model, dataset, task_type="regression", batch_size=3)
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([r])).logits.item() for r in rows]
+    assert predictions == pytest.approx(alone, abs=1e-6)

@@ -10,6 +10,7 @@ import torch
 
 from autolora import data
 from autolora.data import load_builtin_task, load_files, make_loader, split_in_two
+from tiny_models import tiny_gpt2
 from tiny_tokenizer import tiny_tokenizer
 
 
@@ -256,6 +257,36 @@ def test_loader_pads_on_the_tokenizers_side_with_its_pad_id(tmp_path):
     batch = next(iter(make_loader(datasets.Dataset.from_dict(rows), 2, shuffle=False, tokenizer=left)))
     assert batch["input_ids"].tolist() == [[4, 2, 3], [2, 5, 3]]
     assert batch["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+
+
+def test_loader_without_tokenizer_pads_with_the_models_pad_id_and_the_classifier_pools_the_last_real_token():
+    """GPT-2 classifiers pool the last position whose id is not ``config.pad_token_id`` (5 here, not 0): the padded
+    batch's logits must equal each example's logits computed alone, unpadded."""
+    model = tiny_gpt2(num_labels=3)
+    model.config.pad_token_id = 5
+    rows = [[7, 9, 11], [8, 3, 12, 40, 41], [6, 20]]  # no 5 among the tokens
+    dataset = datasets.Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    batch = next(iter(make_loader(dataset, 3, shuffle=False, pad_token_id=model.config.pad_token_id)))
+    assert batch["input_ids"][0].tolist() == [7, 9, 11, 5, 5]
+    with torch.no_grad():
+        padded = model(**batch).logits
+        alone = torch.cat([model(input_ids=torch.tensor([r])).logits for r in rows])
+    torch.testing.assert_close(padded, alone, rtol=0, atol=1e-6)
+
+
+def test_loader_refuses_to_pad_without_a_pad_id(tokenizer):
+    ragged = datasets.Dataset.from_dict({"input_ids": [[7, 9], [8, 3, 12]], "labels": [0, 1]})
+    with pytest.raises(ValueError, match=r"no pad token id.*pad_token_id=model\.config\.pad_token_id.*"
+                                         r"model\.config\.pad_token_id = tokenizer\.eos_token_id"):
+        next(iter(make_loader(ragged, 2, shuffle=False)))
+    no_pad = tiny_tokenizer()
+    no_pad.pad_token = None  # like GPT-2's tokenizer, which has an eos token but no pad token
+    with pytest.raises(ValueError, match="no pad token id"):
+        next(iter(make_loader(ragged, 2, shuffle=False, tokenizer=no_pad)))
+    with_tokenizer = make_loader(ragged, 2, shuffle=False, tokenizer=tokenizer, pad_token_id=5)
+    assert next(iter(with_tokenizer))["input_ids"].tolist() == [[7, 9, 0], [8, 3, 12]]  # the tokenizer's pad id wins
+    equal = datasets.Dataset.from_dict({"input_ids": [[7, 9], [8, 3]], "labels": [0, 1]})
+    assert next(iter(make_loader(equal, 2, shuffle=False)))["input_ids"].tolist() == [[7, 9], [8, 3]]
 
 
 def test_shuffled_loader_is_reproducible_from_its_seed_and_visits_every_example():

@@ -10,7 +10,7 @@ labels one int64 tag id per sub-token with ``-100`` on special tokens and on eve
 from __future__ import annotations
 
 from ..metrics import TASK_TYPES
-from .batching import collate_padded, make_loader
+from .batching import collate_padded, make_loader, pad_token_id_of
 from .builtin import (BUILTIN_TASKS, load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes,
                       read_wnut16)
 from .files import load_files
@@ -19,6 +19,6 @@ from .task import SPLITS, RawSplit, RawTask, TaskData, tokenize_task
 
 __all__ = [
     "TASK_TYPES", "SPLITS", "BUILTIN_TASKS", "TaskData", "RawSplit", "RawTask", "tokenize_task", "split_in_two",
-    "make_loader", "collate_padded", "load_files", "read_rotten_tomatoes", "read_wnut16", "read_glue",
-    "read_builtin_task", "load_builtin_task",
+    "make_loader", "collate_padded", "pad_token_id_of", "load_files", "read_rotten_tomatoes", "read_wnut16",
+    "read_glue", "read_builtin_task", "load_builtin_task",
 ]

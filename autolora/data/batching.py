@@ -9,19 +9,28 @@ import torch
 from ..metrics import IGNORE_INDEX
 
 
-def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
-                tokenizer=None) -> torch.utils.data.DataLoader:
+NO_PAD_ID = ("input_ids need padding but no pad token id is known: pass make_loader(..., "
+             "pad_token_id=model.config.pad_token_id) or a tokenizer with a pad token. A model without one (GPT-2) "
+             "needs one set first, e.g. tokenizer.pad_token = tokenizer.eos_token; "
+             "model.config.pad_token_id = tokenizer.eos_token_id")
+
+
+def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, tokenizer=None,
+                pad_token_id: int | None = None) -> torch.utils.data.DataLoader:
     """DataLoader yielding dicts of tensors padded to the longest sequence of each batch.
 
-    ``input_ids`` are padded with ``tokenizer.pad_token_id`` (else its ``eos_token_id``, else 0),
-    ``labels`` sequences with -100, every other sequence column with 0, on ``tokenizer.padding_side``
+    ``input_ids`` are padded with ``tokenizer.pad_token_id``, or without a tokenizer with ``pad_token_id`` (pass
+    ``model.config.pad_token_id``: GPT-2/LLaMA classifiers pool the last token whose id is not that one). A batch
+    that needs padding when no pad id is known raises ValueError.
+    ``labels`` sequences are padded with -100, every other sequence column with 0, on ``tokenizer.padding_side``
     (default right). Scalar labels become int64, or float32 when they are floats (regression).
     With ``shuffle=True`` the order comes from a ``torch.Generator`` seeded with ``seed``: the same seed gives the
     same sequence of epochs.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    pad_id, side = _padding_of(tokenizer)
+    pad_id = pad_token_id if tokenizer is None else tokenizer.pad_token_id
+    side = getattr(tokenizer, "padding_side", "right")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return torch.utils.data.DataLoader(
         dataset,
@@ -32,16 +41,15 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
     )
 
 
-def _padding_of(tokenizer) -> tuple[int, str]:
-    if tokenizer is None:
-        return 0, "right"
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return (0 if pad_id is None else int(pad_id)), getattr(tokenizer, "padding_side", "right")
+def pad_token_id_of(model) -> int | None:
+    """``model.config.pad_token_id``, or None for a model without a config or without a pad token."""
+    return getattr(getattr(model, "config", None), "pad_token_id", None)
 
 
-def collate_padded(rows: list[dict], pad_id: int = 0, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate_padded(rows: list[dict], pad_id: int | None, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Stack a list of examples into tensors: sequence columns (token ids, masks, tag ids) become int64 and are
-    padded to the batch's longest row; scalar columns become int64, or float32 if any value is a float."""
+    padded to the batch's longest row; scalar columns become int64, or float32 if any value is a float.
+    ``input_ids`` are padded with ``pad_id``; ValueError when they need padding and ``pad_id`` is None."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     batch = {}
@@ -50,6 +58,8 @@ def collate_padded(rows: list[dict], pad_id: int = 0, *, padding_side: str = "ri
         if isinstance(values[0], (list, tuple)):
             fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
             width = max(len(v) for v in values)
+            if fill is None and any(len(v) < width for v in values):
+                raise ValueError(NO_PAD_ID)
             padded = [_pad(list(v), width, fill, padding_side) for v in values]
             batch[key] = torch.tensor(padded, dtype=torch.int64)
         elif isinstance(values[0], (int, float, np.integer, np.floating)):
