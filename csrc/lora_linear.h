@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -16,9 +17,11 @@ namespace autolora {
 // Gradients returned by lora_linear_backward, in schema order.
 using LoraGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Rows of x as a contiguous (N, d_in) matrix (copies only when x is not already laid out that way).
+// Rows of x as a contiguous (N, d_in) matrix (copies only when x is not already laid out that way). N is the product
+// of the leading dims, also when d_in is 0 (where a reshape to (-1, 0) would be ambiguous).
 inline at::Tensor as_rows(const at::Tensor& x) {
-  return x.reshape({-1, x.size(-1)}).contiguous();
+  const int64_t rows = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  return x.reshape({rows, x.size(-1)}).contiguous();
 }
 
 // Shape of y: x's leading dims followed by d_out.
@@ -47,6 +50,16 @@ inline void check_lora_inputs(const at::Tensor& x, const at::Tensor& weight, con
     TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.device() == x.device(),
                 "lora_linear: all tensors must share x's dtype and device");
   }
+}
+
+// grad_y of lora_linear_backward must have y's shape (x's leading dims, d_out), dtype and device.
+inline void check_grad_y(const at::Tensor& grad_y, const at::Tensor& x, int64_t d_out) {
+  const std::vector<int64_t> y_shape = output_shape(x, d_out);
+  TORCH_CHECK(grad_y.sizes() == c10::IntArrayRef(y_shape), "lora_linear_backward: grad_y must have y's shape ",
+              c10::IntArrayRef(y_shape), ", got ", grad_y.sizes());
+  TORCH_CHECK(grad_y.scalar_type() == x.scalar_type() && grad_y.device() == x.device(),
+              "lora_linear_backward: grad_y must have x's dtype and device (", x.scalar_type(), ", ", x.device(),
+              "), got ", grad_y.scalar_type(), ", ", grad_y.device());
 }
 
 }  // namespace autolora

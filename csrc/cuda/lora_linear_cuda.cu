@@ -1,17 +1,23 @@
 // CUDA kernels of the fused LoRA linear (float32, float64, float16, bfloat16; accumulation in float / double).
 //
 // Forward   y = x W^T + b + s * ((lx A^T) * alpha) B^T:
-//   the base GEMM y = b + x W^T is cuBLAS (through at::addmm); the rank-r part is two custom kernels:
-//   shrink_kernel  T = s * alpha * (lx A^T)   (one warp per row, N x r, kept in the accumulation type), and
-//   expand_kernel  y += T B^T                 (accumulated into y in place: no N x d_out LoRA product exists).
-// Backward, G = dL/dy:
-//   shrink_kernel         U = lx A^T,  dU = s * alpha * (G B)
-//   column_reduce_kernel  P = G^T U   (the one pass over G that both grad_B and grad_alpha need)
-//   b_alpha_grads_kernel  grad_B = s * alpha * P,  grad_alpha_j = s * sum_o B_oj P_oj
-//   column_reduce_kernel  grad_A^T = lx^T dU
-//   grad_x = G W (cuBLAS) then expand_kernel grad_x += dU A (or grad_lora_x = dU A when lora_x is given).
-// column_reduce_kernel sums row segments with atomicAdd, so backward results may differ in the last bits between
-// runs. Requires sm_60 or newer (double atomicAdd).
+//   shrink_kernel  T = s * alpha * (lx A^T)          (one warp per row, N x r, kept in the accumulation type),
+//   expand_kernel  y = b + T B^T                      (accumulated in float, rounded once to y's dtype),
+//   cuBLAS         y = x W^T + y                      (at::addmm_ with beta = 1: the GEMM accumulates x W^T and y in
+//                                                      float and rounds the sum once).
+//   The base product is never rounded on its own: the output carries one rounding at its own magnitude, plus the one
+//   of the much smaller b + rank-r term. No N x d_out LoRA product is formed.
+// Backward, G = dL/dy, U = lx A^T, V = G B (both N x r, accumulation type, from shrink_kernel), dU = s * alpha * V:
+//   grad_alpha_j = s * sum_n U_nj V_nj                 (ATen reduction of U * V),
+//   grad_B       = s * alpha * (G^T U)                 (cuBLAS),
+//   grad_A       = dU^T lx                             (cuBLAS),
+//   grad_x       = dU A (expand_kernel) + G W (cuBLAS, beta = 1), or grad_lora_x = dU A and grad_x = G W.
+// The skinny products G^T U and dU^T lx go to cuBLAS with a float32 result for float16/bfloat16 inputs (their
+// half-precision operand U or dU is rounded once; the sum is never rounded to half precision), and each gradient is
+// rounded once to its dtype. No kernel uses atomics, so every result is bitwise reproducible from run to run.
+// The factor matrices are made contiguous as A (r x d_in) and B^T (r x d_out) (copies of r x d elements at most), so
+// the threads of a warp read consecutive elements of them; x, lora_x and grad_y are read as contiguous rows; the
+// base weight and the bias may have any strides.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,6 +27,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "../lora_linear.h"
 
@@ -29,22 +38,20 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kShrinkWarps = 4;        // rows per shrink block (one warp each)
+constexpr int kShrinkThreads = kShrinkWarps * kWarp;
 constexpr int kShrinkRankChunk = 8;    // rank components accumulated at once per lane
-constexpr int kTileCols = 256;         // columns per expand / column-reduce block (one thread each)
+constexpr int kTileCols = 256;         // columns per expand block (one thread each)
 constexpr int kExpandRows = 16;        // rows per expand tile
 constexpr int kExpandRankChunk = 32;   // rank components staged in shared memory per expand step
-constexpr int kReduceRowTile = 32;     // rows staged in shared memory per column-reduce step
-constexpr int kReduceRankChunk = 16;   // rank components accumulated at once per column-reduce thread
-constexpr int64_t kReduceRows = 512;   // rows per column-reduce block (before atomicAdd)
-constexpr int kFinalizeThreads = 256;
+constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
 
 // out[n, j] = s * scale_j * sum_i x[n, i] m[j, i]   (scale == nullptr means scale_j = 1).
-// m is addressed as m[j * m_stride_rank + i * m_stride_col], so A and B^T are read in place.
+// x (rows x cols) and m (rank x cols) are contiguous: lane i of a warp reads x[n, i] and m[j, i], consecutive addresses.
 template <typename scalar_t, typename acc_t>
-__global__ void shrink_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t cols,
-                              const scalar_t* __restrict__ m, int64_t m_stride_rank, int64_t m_stride_col,
-                              int64_t rank, const scalar_t* __restrict__ scale, acc_t s, acc_t* __restrict__ out) {
+__global__ void __launch_bounds__(kShrinkThreads)
+shrink_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t cols, const scalar_t* __restrict__ m,
+              int64_t rank, const scalar_t* __restrict__ scale, acc_t s, acc_t* __restrict__ out) {
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kShrinkWarps + threadIdx.x / kWarp;
   if (row >= rows) return;  // uniform per warp: the shuffles below see all 32 lanes
@@ -55,7 +62,7 @@ __global__ void shrink_kernel(const scalar_t* __restrict__ x, int64_t rows, int6
       const acc_t xv = static_cast<acc_t>(x_row[i]);
 #pragma unroll
       for (int jj = 0; jj < kShrinkRankChunk; ++jj) {
-        if (j0 + jj < rank) acc[jj] += xv * static_cast<acc_t>(m[(j0 + jj) * m_stride_rank + i * m_stride_col]);
+        if (j0 + jj < rank) acc[jj] += xv * static_cast<acc_t>(m[(j0 + jj) * cols + i]);
       }
     }
 #pragma unroll
@@ -81,25 +88,29 @@ __device__ void stage_coef_tile(acc_t (&tile)[ROWS][CHUNK], const acc_t* __restr
   }
 }
 
-// y[n, c] = (accumulate ? y[n, c] : 0) + sum_j coef[n, j] m[c, j],  m[c, j] at m[c * m_stride_col + j * m_stride_rank].
-// y is a contiguous rows x cols matrix; each thread owns one column of a kExpandRows-row tile.
+// y[n, c] = bias_c + sum_j coef[n, j] m[j, c]   (bias == nullptr means bias_c = 0), accumulated in acc_t and rounded
+// once. y (rows x cols) and m (rank x cols) are contiguous; each thread owns one column of a kExpandRows-row tile and
+// the blocks of one grid column stride over the row tiles (gridDim.y is capped at 65535).
 template <typename scalar_t, typename acc_t>
-__global__ void expand_kernel(scalar_t* __restrict__ y, int64_t rows, int64_t cols, const acc_t* __restrict__ coef,
-                              const scalar_t* __restrict__ m, int64_t m_stride_col, int64_t m_stride_rank,
-                              int64_t rank, bool accumulate) {
+__global__ void __launch_bounds__(kTileCols)
+expand_kernel(scalar_t* __restrict__ y, int64_t rows, int64_t cols, const acc_t* __restrict__ coef,
+              const scalar_t* __restrict__ m, int64_t rank, const scalar_t* __restrict__ bias) {
   __shared__ acc_t coef_tile[kExpandRows][kExpandRankChunk];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
+  const acc_t bias_c = (bias != nullptr && col < cols) ? static_cast<acc_t>(bias[col]) : acc_t(0);
   for (int64_t row0 = static_cast<int64_t>(blockIdx.y) * kExpandRows; row0 < rows;
        row0 += static_cast<int64_t>(gridDim.y) * kExpandRows) {
-    acc_t acc[kExpandRows] = {};
+    acc_t acc[kExpandRows];
+#pragma unroll
+    for (int rr = 0; rr < kExpandRows; ++rr) acc[rr] = bias_c;
     for (int64_t j0 = 0; j0 < rank; j0 += kExpandRankChunk) {
-      __syncthreads();
+      __syncthreads();  // the previous step's reads of coef_tile are done
       stage_coef_tile(coef_tile, coef, row0, rows, j0, rank);
       __syncthreads();
       if (col < cols) {
         const int64_t chunk = std::min<int64_t>(kExpandRankChunk, rank - j0);
         for (int64_t jj = 0; jj < chunk; ++jj) {
-          const acc_t mv = static_cast<acc_t>(m[col * m_stride_col + (j0 + jj) * m_stride_rank]);
+          const acc_t mv = static_cast<acc_t>(m[(j0 + jj) * cols + col]);
 #pragma unroll
           for (int rr = 0; rr < kExpandRows; ++rr) acc[rr] += coef_tile[rr][jj] * mv;
         }
@@ -107,111 +118,61 @@ __global__ void expand_kernel(scalar_t* __restrict__ y, int64_t rows, int64_t co
     }
     if (col < cols) {
       const int64_t tile_rows = std::min<int64_t>(kExpandRows, rows - row0);
-      for (int64_t rr = 0; rr < tile_rows; ++rr) {
-        scalar_t* dst = y + (row0 + rr) * cols + col;
-        const acc_t base = accumulate ? static_cast<acc_t>(*dst) : acc_t(0);
-        *dst = static_cast<scalar_t>(base + acc[rr]);
-      }
+      for (int64_t rr = 0; rr < tile_rows; ++rr) y[(row0 + rr) * cols + col] = static_cast<scalar_t>(acc[rr]);
     }
   }
-}
-
-// out[c, j] += sum_n x[n, c] coef[n, j] over the block's row segment (out zero-initialised by the caller, cols x rank).
-// One pass over x: each thread owns a column, the coefficients of kReduceRowTile rows are staged in shared memory.
-template <typename scalar_t, typename acc_t>
-__global__ void column_reduce_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t cols,
-                                     const acc_t* __restrict__ coef, int64_t rank, int64_t rows_per_block,
-                                     acc_t* __restrict__ out) {
-  __shared__ acc_t coef_tile[kReduceRowTile][kReduceRankChunk];
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * kTileCols + threadIdx.x;
-  const int64_t row_begin = static_cast<int64_t>(blockIdx.y) * rows_per_block;
-  const int64_t row_end = std::min<int64_t>(rows, row_begin + rows_per_block);
-  for (int64_t j0 = 0; j0 < rank; j0 += kReduceRankChunk) {
-    acc_t acc[kReduceRankChunk] = {};
-    for (int64_t n0 = row_begin; n0 < row_end; n0 += kReduceRowTile) {
-      __syncthreads();
-      stage_coef_tile(coef_tile, coef, n0, row_end, j0, rank);
-      __syncthreads();
-      if (col < cols) {
-        const int64_t tile_rows = std::min<int64_t>(kReduceRowTile, row_end - n0);
-        for (int64_t rr = 0; rr < tile_rows; ++rr) {
-          const acc_t xv = static_cast<acc_t>(x[(n0 + rr) * cols + col]);
-#pragma unroll
-          for (int jj = 0; jj < kReduceRankChunk; ++jj) acc[jj] += xv * coef_tile[rr][jj];
-        }
-      }
-    }
-    if (col < cols) {
-      for (int jj = 0; jj < kReduceRankChunk && j0 + jj < rank; ++jj) atomicAdd(&out[col * rank + j0 + jj], acc[jj]);
-    }
-  }
-}
-
-// From P = G^T U (d_out x rank): grad_B[o, j] = s alpha_j P[o, j] and grad_alpha_j = s sum_o B[o, j] P[o, j].
-// One block per rank component j.
-template <typename scalar_t, typename acc_t>
-__global__ void b_alpha_grads_kernel(const acc_t* __restrict__ p, const scalar_t* __restrict__ b, int64_t b_stride_out,
-                                     int64_t b_stride_rank, const scalar_t* __restrict__ alpha, acc_t s,
-                                     int64_t d_out, int64_t rank, scalar_t* __restrict__ grad_b,
-                                     scalar_t* __restrict__ grad_alpha) {
-  __shared__ acc_t partial[kFinalizeThreads];
-  const int64_t j = blockIdx.x;
-  const acc_t coef = s * static_cast<acc_t>(alpha[j]);
-  acc_t sum = 0;
-  for (int64_t o = threadIdx.x; o < d_out; o += blockDim.x) {
-    const acc_t pv = p[o * rank + j];
-    grad_b[o * rank + j] = static_cast<scalar_t>(coef * pv);
-    sum += static_cast<acc_t>(b[o * b_stride_out + j * b_stride_rank]) * pv;
-  }
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int stride = kFinalizeThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) grad_alpha[j] = static_cast<scalar_t>(s * partial[0]);
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Launchers: each returns immediately on empty work (a zero-sized grid is a launch error).
+// Launchers: each returns before launching on empty work (a zero-sized grid is a launch error), launches on the
+// current stream of the current device (set by the callers' CUDAGuard), and checks the launch.
+
+// (rows x rank) in the accumulation type: s * scale * (x2 m^T), x2 contiguous rows, m contiguous (rank x cols).
 template <typename scalar_t, typename acc_t>
-at::Tensor shrink(const at::Tensor& x2, const at::Tensor& m, int64_t m_stride_rank, int64_t m_stride_col,
-                  int64_t rank, const at::Tensor* scale, double s) {
-  const int64_t rows = x2.size(0), cols = x2.size(1);
-  at::Tensor out = at::zeros({rows, rank}, x2.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+at::Tensor shrink(const at::Tensor& x2, const at::Tensor& m, const at::Tensor* scale, double s) {
+  const int64_t rows = x2.size(0), cols = x2.size(1), rank = m.size(0);
+  at::Tensor out = at::empty({rows, rank}, x2.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   if (rows == 0 || rank == 0) return out;
-  shrink_kernel<scalar_t, acc_t><<<ceil_div(rows, kShrinkWarps), kShrinkWarps * kWarp, 0,
-                                   c10::cuda::getCurrentCUDAStream()>>>(
-      x2.data_ptr<scalar_t>(), rows, cols, m.data_ptr<scalar_t>(), m_stride_rank, m_stride_col, rank,
+  const int64_t blocks = ceil_div(rows, kShrinkWarps);
+  TORCH_CHECK(blocks <= kMaxGridX, "lora_linear (CUDA): too many rows (", rows, ") for one launch");
+  shrink_kernel<scalar_t, acc_t><<<blocks, kShrinkThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      x2.data_ptr<scalar_t>(), rows, cols, m.data_ptr<scalar_t>(), rank,
       scale == nullptr ? nullptr : scale->data_ptr<scalar_t>(), static_cast<acc_t>(s), out.data_ptr<acc_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
+// Writes y = bias + coef m for a contiguous y (rows x cols), coef (rows x rank) in acc_t, m contiguous (rank x cols).
 template <typename scalar_t, typename acc_t>
-void expand(at::Tensor& y, const at::Tensor& coef, const at::Tensor& m, int64_t m_stride_col, int64_t m_stride_rank,
-            bool accumulate) {
+void expand(at::Tensor& y, const at::Tensor& coef, const at::Tensor& m, const at::Tensor* bias) {
   const int64_t rows = y.size(0), cols = y.size(1), rank = coef.size(1);
   if (rows == 0 || cols == 0) return;
   const dim3 grid(ceil_div(cols, kTileCols), std::min(ceil_div(rows, kExpandRows), kMaxGridY));
   expand_kernel<scalar_t, acc_t><<<grid, kTileCols, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      y.data_ptr<scalar_t>(), rows, cols, coef.data_ptr<acc_t>(), m.data_ptr<scalar_t>(), m_stride_col,
-      m_stride_rank, rank, accumulate);
+      y.data_ptr<scalar_t>(), rows, cols, coef.data_ptr<acc_t>(), m.data_ptr<scalar_t>(), rank,
+      bias == nullptr ? nullptr : bias->data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename acc_t>
-at::Tensor column_reduce(const at::Tensor& x2, const at::Tensor& coef) {
-  const int64_t rows = x2.size(0), cols = x2.size(1), rank = coef.size(1);
-  at::Tensor out = at::zeros({cols, rank}, coef.options());
-  if (rows == 0 || cols == 0 || rank == 0) return out;
-  const int64_t rows_per_block = std::max(kReduceRows, ceil_div(rows, kMaxGridY));
-  const dim3 grid(ceil_div(cols, kTileCols), ceil_div(rows, rows_per_block));
-  column_reduce_kernel<scalar_t, acc_t><<<grid, kTileCols, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      x2.data_ptr<scalar_t>(), rows, cols, coef.data_ptr<acc_t>(), rank, rows_per_block, out.data_ptr<acc_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+// Whether this torch has aten::mm.dtype (float16/bfloat16 inputs, float32 result; torch >= 2.8).
+template <typename T, typename = void>
+struct has_mm_out_dtype : std::false_type {};
+template <typename T>
+struct has_mm_out_dtype<T, std::void_t<decltype(at::mm(std::declval<T>(), std::declval<T>(), at::kFloat))>>
+    : std::true_type {};
+
+// a b summed in float32 (float64 for float64) with a result of that type: at::mm for float32/float64; for
+// float16/bfloat16 operands cuBLAS with a float32 output, so no partial sum is rounded to half precision (torch before
+// 2.8 lacks that overload: the operands are then converted to float32 first).
+template <typename T = at::Tensor>
+T mm_accumulate(const T& a, const T& b) {
+  if (!at::isReducedFloatingType(a.scalar_type())) return at::mm(a, b);
+  if constexpr (has_mm_out_dtype<const T&>::value) {
+    return at::mm(a, b, at::kFloat);
+  } else {
+    return at::mm(a.to(at::kFloat), b.to(at::kFloat));
+  }
 }
 
 at::Tensor lora_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -219,17 +180,18 @@ at::Tensor lora_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const
                             double scaling, const std::optional<at::Tensor>& lora_x) {
   check_lora_inputs(x, weight, bias, lora_A, lora_B, alpha, lora_x);
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t d_out = weight.size(0), rank = lora_A.size(0);
+  const int64_t d_out = weight.size(0);
   const at::Tensor x2 = as_rows(x);
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x) : x2;
-  const at::Tensor alpha_c = alpha.contiguous();
-  at::Tensor y = bias.has_value() ? at::addmm(*bias, x2, weight.t()) : at::mm(x2, weight.t());
+  const at::Tensor a = lora_A.contiguous(), bt = lora_B.t().contiguous(), alpha_c = alpha.contiguous();
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({x2.size(0), d_out}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lora_linear_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor t = shrink<scalar_t, acc_t>(lx2, lora_A, lora_A.stride(0), lora_A.stride(1), rank, &alpha_c,
-                                                 scaling);
-    expand<scalar_t, acc_t>(y, t, lora_B, lora_B.stride(0), lora_B.stride(1), /*accumulate=*/true);
+    const at::Tensor t = shrink<scalar_t, acc_t>(lx2, a, &alpha_c, scaling);
+    expand<scalar_t, acc_t>(y, t, bt, bias.has_value() ? &bias_c : nullptr);
   });
+  y.addmm_(x2, weight.t());
   return y.view(output_shape(x, d_out));
 }
 
@@ -237,38 +199,38 @@ LoraGrads lora_linear_backward_cuda(const at::Tensor& grad_y, const at::Tensor& 
                                     const at::Tensor& lora_A, const at::Tensor& lora_B, const at::Tensor& alpha,
                                     double scaling, const std::optional<at::Tensor>& lora_x, bool input_grad) {
   check_lora_inputs(x, weight, std::nullopt, lora_A, lora_B, alpha, lora_x);
+  check_grad_y(grad_y, x, weight.size(0));
   const c10::cuda::CUDAGuard device_guard(x.device());
-  const int64_t d_in = weight.size(1), d_out = weight.size(0), rank = lora_A.size(0);
+  const at::ScalarType dtype = x.scalar_type();
   const at::Tensor g2 = as_rows(grad_y);
   const at::Tensor x2 = as_rows(x);
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x) : x2;
-  TORCH_CHECK(g2.size(0) == x2.size(0) && g2.size(1) == d_out, "lora_linear_backward: grad_y must have y's shape");
-  const at::Tensor alpha_c = alpha.contiguous();
+  const at::Tensor a = lora_A.contiguous(), bt = lora_B.t().contiguous();
   const bool separate_lx = input_grad && lora_x.has_value();
-  at::Tensor grad_x = input_grad ? at::mm(g2, weight) : at::empty({0}, x.options());
-  at::Tensor grad_lx = separate_lx ? at::empty({x2.size(0), d_in}, x.options()) : at::empty({0}, x.options());
-  at::Tensor grad_a, grad_b = at::empty({d_out, rank}, x.options()), grad_alpha = at::empty({rank}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lora_linear_backward_cuda", [&] {
+  at::Tensor grad_x = at::empty({0}, x.options()), grad_lx = at::empty({0}, x.options());
+  at::Tensor grad_a, grad_b, grad_alpha;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "lora_linear_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor u = shrink<scalar_t, acc_t>(lx2, lora_A, lora_A.stride(0), lora_A.stride(1), rank, nullptr, 1.0);
-    const at::Tensor du = shrink<scalar_t, acc_t>(g2, lora_B, lora_B.stride(1), lora_B.stride(0), rank, &alpha_c,
-                                                  scaling);
-    const at::Tensor p = column_reduce<scalar_t, acc_t>(g2, u);
-    if (rank > 0) {
-      b_alpha_grads_kernel<scalar_t, acc_t><<<rank, kFinalizeThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          p.data_ptr<acc_t>(), lora_B.data_ptr<scalar_t>(), lora_B.stride(0), lora_B.stride(1),
-          alpha_c.data_ptr<scalar_t>(), static_cast<acc_t>(scaling), d_out, rank, grad_b.data_ptr<scalar_t>(),
-          grad_alpha.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    grad_a = column_reduce<scalar_t, acc_t>(lx2, du).t().to(x.scalar_type()).contiguous();
+    const at::Tensor u = shrink<scalar_t, acc_t>(lx2, a, nullptr, 1.0);
+    const at::Tensor v = shrink<scalar_t, acc_t>(g2, bt, nullptr, 1.0);
+    const at::Tensor coef = alpha.to(u.scalar_type()) * scaling;
+    const at::Tensor du = v * coef;
+    grad_alpha = (u * v).sum(0).mul_(scaling).to(dtype);
+    grad_b = (mm_accumulate(g2.t(), u.to(dtype)) * coef).to(dtype);
+    grad_a = mm_accumulate(du.to(dtype).t(), lx2).to(dtype);
     if (input_grad) {
       at::Tensor& lora_target = separate_lx ? grad_lx : grad_x;
-      expand<scalar_t, acc_t>(lora_target, du, lora_A, lora_A.stride(1), lora_A.stride(0), /*accumulate=*/!separate_lx);
+      lora_target = at::empty_like(x2);
+      expand<scalar_t, acc_t>(lora_target, du, a, nullptr);
     }
   });
+  if (separate_lx) {
+    grad_x = at::mm(g2, weight);
+    grad_lx = grad_lx.view(x.sizes());
+  } else if (input_grad) {
+    grad_x.addmm_(g2, weight);
+  }
   if (input_grad) grad_x = grad_x.view(x.sizes());
-  if (separate_lx) grad_lx = grad_lx.view(x.sizes());
   return {grad_x, grad_lx, grad_a, grad_b, grad_alpha};
 }
 
