@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .data import make_loader, pad_token_id_of
 from .metrics import TASK_TYPES, compute_metrics
-from .retrain import to_device
+from .training import to_device
 
 
 def logits_to_predictions(task_type: str, logits: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,10 @@ import torch
 
 import hypergrad
 
-from .checkpoint import BatchStream, load_trainable_state, run_resumable, trainable_state
-from .data import make_loader, split_in_two
+from .checkpoint import load_trainable_state, run_resumable, trainable_state
+from .data import split_in_two
 from .model import alphas as read_alphas, ranks as read_ranks, selection_parameters
-from .retrain import model_loss, to_device, weight_parameters
+from .training import batch_stream, model_loss, to_device, weight_parameters
 
 METHODS = ("finite_difference", "exact", "first_order")
 
@@ -101,8 +101,8 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
     weights = weight_parameters(model)
     d_tr, d_val = split_in_two(train_dataset, seed)
     device = next(model.parameters()).device
-    train_stream = BatchStream(make_loader(d_tr, batch_size, shuffle=True, seed=seed, tokenizer=tokenizer))
-    val_stream = BatchStream(make_loader(d_val, batch_size, shuffle=True, seed=seed + 1, tokenizer=tokenizer))
+    train_stream = batch_stream(model, d_tr, batch_size, seed=seed, tokenizer=tokenizer)
+    val_stream = batch_stream(model, d_val, batch_size, seed=seed + 1, tokenizer=tokenizer)
     inner = torch.optim.AdamW(weights, lr=weight_lr, weight_decay=weight_decay)
     outer = torch.optim.AdamW(betas, lr=selection_lr, weight_decay=0.0)
     if eta is None:

@@ -13,26 +13,10 @@ from typing import Callable, Mapping
 
 import torch
 
-from .checkpoint import BatchStream, load_trainable_state, run_resumable, trainable_state
+from .checkpoint import load_trainable_state, run_resumable, trainable_state
 from .config import AutoLoRAConfig
-from .data import make_loader
-from .model import get_autolora_model, head_parameters, lora_parameters, ranks as read_ranks
-
-
-def model_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """The task loss transformers computes from ``batch["labels"]``: cross-entropy (classification, per token for
-    token classification, label -100 ignored) or mean squared error (regression, ``num_labels == 1``)."""
-    return model(**batch).loss
-
-
-def weight_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The weights W trained on the task loss: every LoRA factor and the task head (``modules_to_save``)."""
-    return lora_parameters(model) + head_parameters(model)
-
-
-def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Move every tensor of a batch to ``device``."""
-    return {k: v.to(device) for k, v in batch.items()}
+from .model import get_autolora_model, ranks as read_ranks
+from .training import batch_stream, model_loss, to_device, weight_parameters
 
 
 def build_retrain_model(base_model: torch.nn.Module, search_config: AutoLoRAConfig,
@@ -75,7 +59,7 @@ def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     params = weight_parameters(model)
     device = next(model.parameters()).device
-    stream = BatchStream(make_loader(train_dataset, batch_size, shuffle=True, seed=seed, tokenizer=tokenizer))
+    stream = batch_stream(model, train_dataset, batch_size, seed=seed, tokenizer=tokenizer)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     result = TrainResult()
 

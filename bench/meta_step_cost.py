@@ -31,7 +31,7 @@ from autolora.cli import default_model_dir
 from autolora.config import AutoLoRAConfig
 from autolora.data import read_rotten_tomatoes
 from autolora.model import get_autolora_model, selection_parameters
-from autolora.retrain import model_loss, weight_parameters
+from autolora.training import model_loss, weight_parameters
 from hardware import cpu_model
 
 

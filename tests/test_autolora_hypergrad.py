@@ -11,7 +11,7 @@ from torch.func import functional_call
 import hypergrad
 from autolora.config import AutoLoRAConfig
 from autolora.model import get_autolora_model, selection_parameters
-from autolora.retrain import weight_parameters
+from autolora.training import weight_parameters
 from tiny_models import tiny_batch, tiny_bert
 
 ETA = 0.5  # large enough that the second-order term is far above the tolerance

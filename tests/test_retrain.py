@@ -4,7 +4,8 @@ import torch
 
 from autolora.config import AutoLoRAConfig
 from autolora.model import adapter_branches, get_autolora_model, ranks, selection_parameters
-from autolora.retrain import build_retrain_model, model_loss, train, weight_parameters
+from autolora.retrain import build_retrain_model, train
+from autolora.training import model_loss, weight_parameters
 from test_search import synthetic_dataset
 from tiny_models import tiny_bert, tiny_gpt2
 

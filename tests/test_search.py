@@ -7,7 +7,7 @@ import hypergrad
 from autolora.config import AutoLoRAConfig
 from autolora.data import make_loader, split_in_two
 from autolora.model import adapter_branches, get_autolora_model, selection_parameters
-from autolora.retrain import model_loss, weight_parameters
+from autolora.training import model_loss, weight_parameters
 from autolora.rank_search import search
 from autolora.selection import rank_from_alpha
 from tiny_models import VOCAB_SIZE, tiny_bert
