@@ -1,13 +1,15 @@
 """Accuracy and cost of hypergrad's one-step methods on an MLP with softmax-gated hidden units.
 
-    python bench/hypergrad_table.py [--seeds 0 1 2 3 4] [--lr 0.1] [--repeats 30] [--threads 1]
+    python bench/hypergrad_table.py [--seeds 0 1 2 3 4] [--lr 0.1] [--repeats 30] [--threads 1] [--tables a b c]
 
 (a) accuracy: finite_difference (per fd_radius) and first_order, and exact itself in float32, against the exact
     hypergradient in float64 on the same problem (functional API, one SGD step of size --lr);
 (b) cost: one BilevelOptimizer.step per method (inner step + meta step) against one plain training step
     (forward, backward, SGD update), timed round-robin in one loop (medians of --repeats, wall-clock and process
     CPU time, --threads torch intra-op threads), and the peak bytes held by autograd graphs (saved tensors, model
-    parameters excluded), recorded with saved_tensors_hooks.
+    parameters excluded), recorded with saved_tensors_hooks;
+(c) mixed-term share: ||h_exact - h_first_order|| / ||h_exact|| along a real AdamW run of the weights, with the Adam
+    lookahead (the AdamW step from the optimizer's state) and with the SGD lookahead W - lr g at the same lr.
 """
 import argparse
 import os
@@ -91,6 +93,35 @@ def accuracy_rows(seeds, lr):
             cosines.append((dot(h, ref) / (global_norm(h) * global_norm(ref))).item())
         rows.append((method, str(dtype).replace("torch.", ""), radius, statistics.median(errors), max(errors),
                      1 - min(cosines)))
+    return rows
+
+
+def _mixed_share(train, val, weights, gates, update):
+    """||h_exact - h_first_order|| / ||h_exact|| for one inner update."""
+    exact, first = (hypergrad.unrolled_hypergrad(train, val, weights, gates, method=m, inner_update=update)
+                    for m in ("exact", "first_order"))
+    return (global_norm([a - b for a, b in zip(exact, first)]) / global_norm(exact)).item()
+
+
+def mixed_share_rows(seed, lrs, checkpoints):
+    """(lr, step, rms of g, mixed share with the Adam lookahead, with the SGD lookahead of step lr) at each of
+    ``checkpoints`` along AdamW training (float64 GatedMLP 16-32-32-4, default betas, eps and weight decay)."""
+    rows = []
+    for lr in lrs:
+        model, train_batch, val_batch = make_problem(seed, torch.float64)
+        train, val, weights, gates = functional_losses(model, train_batch, val_batch)
+        optimizer = torch.optim.AdamW(weights, lr=lr)
+        for step in range(max(checkpoints) + 1):
+            grads = torch.autograd.grad(train(weights, gates), weights)
+            if step in checkpoints:
+                rms = (global_norm(grads) / sum(g.numel() for g in grads) ** 0.5).item()
+                rows.append((lr, step, rms,
+                             _mixed_share(train, val, weights, gates,
+                                          hypergrad.AdamWUpdate.from_optimizer(optimizer, weights)),
+                             _mixed_share(train, val, weights, gates, hypergrad.SGDUpdate(lr))))
+            for w, g in zip(weights, grads):
+                w.grad = g
+            optimizer.step()
     return rows
 
 
@@ -194,14 +225,29 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for table (b)")
     parser.add_argument("--size", type=int, nargs=4, default=[256, 512, 2, 128], metavar=("D_IN", "HIDDEN", "LAYERS",
                                                                                           "BATCH"))
+    parser.add_argument("--tables", nargs="+", choices="abc", default=list("abc"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"hardware: {cpu_model()}, {args.threads} torch threads; torch {torch.__version__}")
-    print(f"\n(a) accuracy vs exact float64; GatedMLP 16-32-32-4, batch 64, eta={args.lr}, seeds {args.seeds}")
-    print("| method | dtype | fd_radius | rel. error (median) | rel. error (max) | 1 - cosine (max) |")
-    print("|---|---|---|---|---|---|")
-    for method, dtype, radius, median, worst, angle in accuracy_rows(args.seeds, args.lr):
-        print(f"| {method} | {dtype} | {radius if radius else '-'} | {median:.2e} | {worst:.2e} | {angle:.1e} |")
+    if "a" in args.tables:
+        print(f"\n(a) accuracy vs exact float64; GatedMLP 16-32-32-4, batch 64, eta={args.lr}, seeds {args.seeds}")
+        print("| method | dtype | fd_radius | rel. error (median) | rel. error (max) | 1 - cosine (max) |")
+        print("|---|---|---|---|---|---|")
+        for method, dtype, radius, median, worst, angle in accuracy_rows(args.seeds, args.lr):
+            print(f"| {method} | {dtype} | {radius if radius else '-'} | {median:.2e} | {worst:.2e} | {angle:.1e} |")
+    if "b" in args.tables:
+        print_cost_table(args)
+    if "c" in args.tables:
+        print(f"\n(c) mixed-term share along AdamW training; GatedMLP 16-32-32-4 float64, batch 64, "
+              f"seed {args.seeds[0]}")
+        print("| AdamW lr | steps taken | rms(g) | share, Adam lookahead | share, SGD lookahead (eta = lr) |")
+        print("|---|---|---|---|---|")
+        for lr, step, rms, adam, sgd in mixed_share_rows(args.seeds[0], (1e-3, 1e-4), (0, 1, 10, 100, 1000)):
+            print(f"| {lr:g} | {step} | {rms:.1e} | {adam:.1e} | {sgd:.1e} |")
+    print(f"load average during the run: {os.getloadavg()}")
+
+
+def print_cost_table(args):
     d_in, hidden, layers, batch = args.size
     print(f"\n(b) cost per call; GatedMLP {d_in}-{hidden}x{layers}-10 float32, batch {batch}, seed {args.seeds[0]}, "
           f"median of {args.repeats} round-robin repeats")
@@ -212,7 +258,6 @@ def main():
                                                                              layers, batch):
         print(f"| {kind} | {PASSES[kind]} | {wall * 1e3:.2f} | {wall_ratio:.2f} | {cpu * 1e3:.2f} | {cpu_ratio:.2f} "
               f"| {mib:.2f} | {mem_ratio:.2f} |")
-    print(f"load average during the run: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ from torch.func import functional_call
 
 from ._validation import (check_choice, check_count, check_real, check_scalar_loss, val_only_mask,
                           NonFiniteHypergradError)
+from .inner_updates import AdamWUpdate, InnerUpdate, SGDUpdate
 from .products import training_gradients
 from .rng import capture_rng_state
 from .tensor_tuples import Tensors, global_norm
 from .unrolled import UNROLLED_METHODS, one_step_hypergrad
 
 ModelLoss = Callable[[nn.Module, Any], Tensor]
+LOOKAHEADS = ("sgd", "adam")
 
 
 class _BoundLoss(nn.Module):
@@ -43,17 +45,23 @@ def _optimized_tensors(optimizer: torch.optim.Optimizer) -> Tensors:
 class BilevelOptimizer:
     """Alternating bilevel optimisation of weights W (inner) and hyper-parameters A (outer).
 
-    Each :meth:`step` computes g = grad_W Ltr(W, A) on the training batch. When a meta step is due it forms
-    W' = W - eta * g (reusing g, no extra training pass), evaluates Lval(W', A) on the validation batch with the
+    Each :meth:`step` computes g = grad_W Ltr(W, A) on the training batch. When a meta step is due it forms the
+    lookahead W' (reusing g, no extra training pass), evaluates Lval(W', A) on the validation batch with the
     weights substituted through ``torch.func.functional_call``, computes the hypergradient h = d Lval(W', A)/dA by
     ``method`` ("finite_difference" | "exact" | "first_order", see :mod:`hypergrad.unrolled`) at the pre-step W and
     A, then lets ``inner_optimizer`` step W with gradient g and ``outer_optimizer`` step A with gradient h.
 
     W = the tensors of ``inner_optimizer`` that require grad (all must be parameters of ``model``); A = those of
-    ``outer_optimizer`` (module parameters or free tensors the loss callables close over). ``eta`` is ``lr`` or, if
-    None, the current ``inner_optimizer.param_groups[0]["lr"]``. Gradients are written to ``.grad`` only for the
-    optimizer step that consumes them and cleared after it. Buffers (e.g. BatchNorm statistics) are those of
-    ``model`` in every pass.
+    ``outer_optimizer`` (module parameters or free tensors the loss callables close over).
+
+    ``lookahead`` models the inner optimizer's step (:mod:`hypergrad.inner_updates`): "sgd" is W' = W - eta * g
+    (AutoLoRA Eq. 4), eta = ``lr`` or, if None, the current ``inner_optimizer.param_groups[0]["lr"]``; "adam" is
+    the step a torch.optim.AdamW ``inner_optimizer`` is about to take, W' = W (1 - lr wd) - lr P(g), read from each
+    weight's parameter group and optimizer state before the optimizer steps (``lr``, if given, replaces every
+    group's learning rate).
+
+    Gradients are written to ``.grad`` only for the optimizer step that consumes them and cleared after it. Buffers
+    (e.g. BatchNorm statistics) are those of ``model`` in every pass.
 
     Every weight must reach the training loss on every step, and every hyper-parameter on meta steps (ValueError
     before anything is stepped, e.g. for adapters merged into the base weights), except the hyper-parameters
@@ -64,7 +72,7 @@ class BilevelOptimizer:
     def __init__(self, model: nn.Module, inner_optimizer: torch.optim.Optimizer,
                  outer_optimizer: torch.optim.Optimizer, train_loss: ModelLoss, val_loss: Optional[ModelLoss] = None,
                  *, method: str = "finite_difference", lr: Optional[float] = None, fd_radius: float = 0.01,
-                 meta_every: int = 1, val_only_hparams: Sequence[Tensor] = ()):
+                 meta_every: int = 1, val_only_hparams: Sequence[Tensor] = (), lookahead: str = "sgd"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name, opt in (("inner_optimizer", inner_optimizer), ("outer_optimizer", outer_optimizer)):
@@ -75,6 +83,7 @@ class BilevelOptimizer:
             if not callable(fn):
                 raise TypeError(f"{name} must be callable as {name}(model, batch)")
         self.method = check_choice("method", method, UNROLLED_METHODS)
+        self.lookahead = check_choice("lookahead", lookahead, LOOKAHEADS)
         self.lr = None if lr is None else check_real("lr", lr, positive=False)
         self.fd_radius = check_real("fd_radius", fd_radius, positive=True)
         self.meta_every = check_count("meta_every", meta_every)
@@ -99,6 +108,8 @@ class BilevelOptimizer:
         self._hparam_names = tuple(names.get(id(a), f"outer_optimizer tensor {i}") for i, a in enumerate(self._hparams))
         val_only_mask(self._hparams, val_only_hparams)
         self.val_only_hparams = tuple(val_only_hparams)
+        if self.lookahead == "adam":
+            AdamWUpdate.from_optimizer(inner_optimizer, self._weights)  # refuses optimizers it cannot model
         self._train_module = _BoundLoss(model, train_loss)
         self._val_module = _BoundLoss(model, val_loss)
 
@@ -107,6 +118,12 @@ class BilevelOptimizer:
         def loss(weights: Tensors, hparams: Tensors) -> Tensor:
             return functional_call(module, dict(zip(self._weight_names, weights)), (batch,))
         return loss
+
+    def _inner_update(self) -> InnerUpdate:
+        """The lookahead's model of the step ``inner_optimizer`` is about to take."""
+        if self.lookahead == "adam":
+            return AdamWUpdate.from_optimizer(self.inner_optimizer, self._weights, lr=self.lr)
+        return SGDUpdate(float(self.inner_optimizer.param_groups[0]["lr"] if self.lr is None else self.lr))
 
     def _meta_due(self) -> bool:
         return (self.num_steps + 1) % self.meta_every == 0
@@ -131,11 +148,10 @@ class BilevelOptimizer:
                                    param_names=self._weight_names, hparam_names=self._hparam_names)
         stats = {"train_loss": loss.item(), "meta_step": meta}
         if meta:
-            eta = self.inner_optimizer.param_groups[0]["lr"] if self.lr is None else self.lr
             hypergrads, val = one_step_hypergrad(train_fn, self._loss_at(self._val_module, val_batch), self._weights,
-                                                 self._hparams, grads, lr=float(eta), method=self.method,
-                                                 fd_radius=self.fd_radius, rng_state=rng_state,
-                                                 val_only_hparams=self.val_only_hparams)
+                                                 self._hparams, grads, method=self.method, fd_radius=self.fd_radius,
+                                                 rng_state=rng_state, val_only_hparams=self.val_only_hparams,
+                                                 inner_update=self._inner_update())
             stats.update(val_loss=val.item(), hypergrad_norm=global_norm(hypergrads).item())
         _apply(self.inner_optimizer, self._weights, grads)
         if meta:

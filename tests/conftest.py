@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def gated_forward(w1, w2, logits, x, dropout=0.0):
@@ -13,11 +14,27 @@ def gated_forward(w1, w2, logits, x, dropout=0.0):
     return hidden @ w2.T
 
 
+class GatedNet(nn.Module):
+    """The gated problem as a module: weights w1, w2 and hyper-parameters logits, log_decay."""
+
+    def __init__(self, params, hparams):
+        super().__init__()
+        self.w1, self.w2 = (nn.Parameter(p.detach().clone()) for p in params)
+        self.logits, self.log_decay = (nn.Parameter(a.detach().clone()) for a in hparams)
+
+    def weights(self):
+        return [self.w1, self.w2]
+
+    def gates(self):
+        return [self.logits, self.log_decay]
+
+
 def make_gated_problem(seed=0, dtype=torch.float64, n=12, d=4, hidden=5, dropout=0.0):
     """Ltr(W, A) = fit(W, A, train) + regulariser(W, A),  Lval(W, A) = fit(W, A, val),
     fit = mean (f(x; W, beta) - y)^2,  regulariser = exp(log_decay) ||W||^2 / 2,
-    W = (W1, W2), A = (beta, log_decay). ``unused`` is a hyper-parameter-shaped tensor that enters neither loss
-    (passing it as a hyper-parameter raises unless it is declared in ``val_only_hparams``)."""
+    W = (W1, W2), A = (beta, log_decay); ``module()`` builds a :class:`GatedNet` at these values. ``unused`` is a
+    tensor that enters neither loss (passing it as a hyper-parameter raises unless it is declared in
+    ``val_only_hparams``)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -43,7 +60,7 @@ def make_gated_problem(seed=0, dtype=torch.float64, n=12, d=4, hidden=5, dropout
 
     return SimpleNamespace(train_loss=train_loss, val_loss=val_loss, fit=fit, regulariser=regulariser,
                            params=params, hparams=hparams, unused=unused, train_batch=(x, y),
-                           val_batch=(x_val, y_val))
+                           val_batch=(x_val, y_val), module=lambda: GatedNet(params, hparams))
 
 
 @pytest.fixture

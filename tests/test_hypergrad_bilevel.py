@@ -11,21 +11,6 @@ import hypergrad
 METHODS = ["exact", "finite_difference", "first_order"]
 
 
-class GatedNet(nn.Module):
-    """The gated problem of conftest as a module: weights w1, w2 and hyper-parameters logits, log_decay."""
-
-    def __init__(self, problem):
-        super().__init__()
-        self.w1, self.w2 = (nn.Parameter(p.detach().clone()) for p in problem.params)
-        self.logits, self.log_decay = (nn.Parameter(a.detach().clone()) for a in problem.hparams)
-
-    def weights(self):
-        return [self.w1, self.w2]
-
-    def gates(self):
-        return [self.logits, self.log_decay]
-
-
 class RecordingSGD(torch.optim.SGD):
     """Plain SGD that records the .grad of every parameter at each step."""
 
@@ -39,7 +24,7 @@ class RecordingSGD(torch.optim.SGD):
 
 
 def _object_api(problem, method, inner_lr=0.3, meta_every=1, unused=None):
-    model = GatedNet(problem)
+    model = problem.module()
     inner = RecordingSGD(model.weights(), lr=inner_lr)
     outer = RecordingSGD(model.gates() + ([unused] if unused is not None else []), lr=1.0)
     opt = hypergrad.BilevelOptimizer(
@@ -147,7 +132,7 @@ def test_finite_difference_passes_run_in_full_precision_under_autocast(gated_pro
         flags.append(torch.is_autocast_enabled("cpu"))
         return problem.fit(m.weights(), m.gates(), batch) + problem.regulariser(m.weights(), m.gates())
 
-    model = GatedNet(problem)
+    model = problem.module()
     opt = hypergrad.BilevelOptimizer(model, torch.optim.SGD(model.weights(), lr=0.3),
                                      torch.optim.SGD(model.gates(), lr=1.0), train_loss)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -156,7 +141,7 @@ def test_finite_difference_passes_run_in_full_precision_under_autocast(gated_pro
 
 
 def _dropout_run(problem, state=None, steps=3):
-    model = GatedNet(problem)
+    model = problem.module()
     extra = torch.zeros(3, dtype=torch.float64, requires_grad=True)  # a free hyper-parameter the loss closes over
     inner = torch.optim.Adam(model.weights(), lr=0.05)
     outer = torch.optim.Adam(model.gates() + [extra], lr=0.05)
