@@ -13,6 +13,12 @@ in one call of the fused op :func:`autolora.ops.lora_linear`. ``r`` is the numbe
 * :class:`AutoLoRAFusedQKV` wraps GPT-2's fused qkv ``Conv1D`` (``c_attn``) and adapts only the q and v slices of
   its output, each with its own branch (own A, B, beta and rank), registered as child modules ``q`` and ``v``.
 
+Dtypes (PEFT's ``autocast_adapter_dtype``): with ``autocast_adapter_dtype=True`` (the default) the factors and
+logits of a layer whose frozen weight is float16/bfloat16 are float32, so that optimiser steps and finite-difference
+perturbations are not rounded away; :func:`autolora.ops.lora_linear` runs the base product in the base dtype and
+the LoRA branch in float32. With False, and for float32/float64 bases, they have the base weight's dtype. The fused
+kernels need one dtype for all operands, so a half-precision model runs the fused CUDA kernel only with False.
+
 Several branches over row slices of the output are stacked into one rank-(sum r_i) update
 A = [A_1; A_2], B = [P_1 B_1, P_2 B_2] (P_i zero-pads B_i to the rows of its slice),
 w = [s_1 alpha_1, s_2 alpha_2], so that the whole layer is still a single op call with scaling 1.
@@ -33,10 +39,12 @@ class SelectionWeightedLoRA(nn.Module):
     """r rank-1 components s * alpha_j * B[:, j] A[j, :] with s = lora_alpha / r.
 
     ``lora_A`` is initialised like PEFT (Kaiming-uniform, a = sqrt(5)), ``lora_B`` with zeros, ``beta`` by
-    :func:`autolora.selection.initial_logits` (``beta`` is None for ``selection="fixed"``).
+    :func:`autolora.selection.initial_logits` (``beta`` is None for ``selection="fixed"``). ``dtype`` is the base
+    weight's; the parameters get :func:`adapter_dtype` of it.
     """
 
-    def __init__(self, in_features, out_features, r, lora_alpha, selection, device=None, dtype=None):
+    def __init__(self, in_features, out_features, r, lora_alpha, selection, device=None, dtype=None,
+                 autocast_adapter_dtype=True):
         super().__init__()
         check_selection_mode(selection)
         if not isinstance(r, int) or isinstance(r, bool) or r < 1:
@@ -47,6 +55,7 @@ class SelectionWeightedLoRA(nn.Module):
         self.lora_alpha = float(lora_alpha)
         self.scaling = self.lora_alpha / r
         self.selection = selection
+        dtype = adapter_dtype(dtype or torch.get_default_dtype(), autocast_adapter_dtype)
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device, dtype=dtype))
@@ -70,6 +79,13 @@ class SelectionWeightedLoRA(nn.Module):
     def rank(self):
         """Thresholded rank of the same alpha the forward uses (always >= 1)."""
         return rank_from_alpha(self.alpha(), self.selection)
+
+
+def adapter_dtype(base_dtype, autocast_adapter_dtype=True):
+    """float32 for a float16/bfloat16 base when ``autocast_adapter_dtype``, else ``base_dtype``."""
+    if autocast_adapter_dtype and base_dtype in ops.HALF_DTYPES:
+        return torch.float32
+    return base_dtype
 
 
 def stack_branches(branches, out_features):
@@ -113,21 +129,27 @@ class AdapterForward:
         return ops.lora_linear(x, self.base_weight_matrix(), self.base_layer.bias, lora_A, lora_B, weights, 1.0,
                                lora_x=lora_x)
 
-    @torch.no_grad()
     def merge(self):
-        """W0 <- W0 + Delta W; the forward then runs the frozen layer alone."""
+        """W0 <- W0 + Delta W, rounded once to W0's dtype; the forward then runs the frozen layer alone."""
         if self.merged:
             raise RuntimeError("the LoRA update is already merged into the base weight; call unmerge() first")
-        self.base_layer.weight.add_(self.delta_weight().to(self.base_layer.weight.dtype))
+        self._add_to_base_weight(1.0)
         self.merged = True
 
-    @torch.no_grad()
     def unmerge(self):
-        """W0 <- W0 - Delta W (restores W0 up to float rounding, the factors being unchanged since merge())."""
+        """W0 <- W0 - Delta W, rounded once to W0's dtype (restores W0 up to that rounding, the factors being
+        unchanged since merge())."""
         if not self.merged:
             raise RuntimeError("the LoRA update is not merged; nothing to unmerge")
-        self.base_layer.weight.sub_(self.delta_weight().to(self.base_layer.weight.dtype))
+        self._add_to_base_weight(-1.0)
         self.merged = False
+
+    @torch.no_grad()
+    def _add_to_base_weight(self, sign):
+        """W0 <- round(W0 + sign * Delta W): the sum is formed in the wider of the two dtypes (float32 for a float32
+        update on a bfloat16 weight) and rounded once into W0."""
+        weight = self.base_layer.weight
+        weight.copy_(torch.add(weight, self.delta_weight(), alpha=sign))
 
 
 def _freeze(module):
@@ -142,12 +164,13 @@ class AutoLoRALinear(AdapterForward, SelectionWeightedLoRA):
     y = x W0^T + b + s * ((dropout(x) A^T) * alpha) B^T,  s = lora_alpha / r.
     """
 
-    def __init__(self, base_layer, r=8, lora_alpha=16.0, lora_dropout=0.0, selection="softmax"):
+    def __init__(self, base_layer, r=8, lora_alpha=16.0, lora_dropout=0.0, selection="softmax",
+                 autocast_adapter_dtype=True):
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"AutoLoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
         weight = base_layer.weight
         super().__init__(base_layer.in_features, base_layer.out_features, r, lora_alpha, selection,
-                         device=weight.device, dtype=weight.dtype)
+                         device=weight.device, dtype=weight.dtype, autocast_adapter_dtype=autocast_adapter_dtype)
         self.base_layer = _freeze(base_layer)
         self.lora_dropout = _dropout(lora_dropout)
         self.merged = False
@@ -169,7 +192,8 @@ class AutoLoRAFusedQKV(AdapterForward, nn.Module):
     modules ``q`` and ``v`` (so their names are ``<c_attn name>.q`` and ``<c_attn name>.v``).
     """
 
-    def __init__(self, base_layer, r_q=8, r_v=8, lora_alpha=16.0, lora_dropout=0.0, selection="softmax"):
+    def __init__(self, base_layer, r_q=8, r_v=8, lora_alpha=16.0, lora_dropout=0.0, selection="softmax",
+                 autocast_adapter_dtype=True):
         super().__init__()
         if not isinstance(base_layer, Conv1D):
             raise TypeError(f"AutoLoRAFusedQKV wraps a transformers Conv1D, got {type(base_layer).__name__}")
@@ -179,8 +203,10 @@ class AutoLoRAFusedQKV(AdapterForward, nn.Module):
         d_in = base_layer.weight.shape[0]
         weight = base_layer.weight
         self.base_layer = _freeze(base_layer)
-        self.q = SelectionWeightedLoRA(d_in, d_in, r_q, lora_alpha, selection, weight.device, weight.dtype)
-        self.v = SelectionWeightedLoRA(d_in, d_in, r_v, lora_alpha, selection, weight.device, weight.dtype)
+        self.q = SelectionWeightedLoRA(d_in, d_in, r_q, lora_alpha, selection, weight.device, weight.dtype,
+                                       autocast_adapter_dtype)
+        self.v = SelectionWeightedLoRA(d_in, d_in, r_v, lora_alpha, selection, weight.device, weight.dtype,
+                                       autocast_adapter_dtype)
         self.lora_dropout = _dropout(lora_dropout)
         self.merged = False
 

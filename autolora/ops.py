@@ -6,12 +6,21 @@ x (..., d_in) with any leading dims, W (d_out, d_in), b (d_out) or None, A (r, d
 s a Python float. ``lora_x`` is the input of the LoRA branch only, e.g. ``dropout(x)``: the caller draws the dropout
 mask, so the op stays deterministic and its gradients flow to both x and lora_x.
 
+Dtypes. x, W, b and lora_x share the base dtype; A, B and alpha share the adapter dtype, which is the base dtype or,
+on a float16/bfloat16 base, float32 (PEFT's ``autocast_adapter_dtype``: half-precision frozen weights, float32
+trainable factors). With a float32 adapter on a half base the op computes the base product x W^T + b in the base
+dtype, the LoRA branch in float32 (lx cast to float32), and rounds their float32 sum once to the base dtype; the
+gradients of A, B and alpha are float32. Under autocast any floating dtypes are accepted and cast as autocast
+prescribes.
+
 Implementations, chosen per call: the ``autolora._C`` extension (``torch.ops.autolora.lora_linear``; CPU kernel in
-float32/float64, CUDA kernel in float32/float64/float16/bfloat16 when it was built) and the pure-PyTorch
-:func:`lora_linear_reference`, used for any other device or dtype, under autocast, when the extension is absent, or
-when ``AUTOLORA_NO_EXT=1``. The extension op is differentiable through ``torch.library.register_autograd``: the
-first backward calls the fused ``autolora::lora_linear_backward``; a backward that must itself be differentiable
-(``create_graph=True``, as in exact hypergradients) runs the same formulas as ATen ops, so double backward works.
+float32/float64, CUDA kernel in float32/float64/float16/bfloat16 when it was built) when all operands have one
+dtype, and otherwise the pure-PyTorch :func:`lora_linear_reference`: for any other device or dtype, for a float32
+adapter on a half-precision base, under autocast, when the extension is absent, or when ``AUTOLORA_NO_EXT=1``. The
+extension op is differentiable through ``torch.library.register_autograd``: the first backward calls the fused
+``autolora::lora_linear_backward``; a backward that must itself be differentiable (``create_graph=True``, as in exact
+hypergradients) runs the same formulas as ATen ops, so double backward works. The reference is plain autograd, so
+double backward works there too.
 """
 import functools
 import math
@@ -22,6 +31,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 _FUSED_DTYPES = {
     "cpu": (torch.float32, torch.float64),
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
@@ -53,7 +63,11 @@ def _has_kernel(device_type):
 
 
 def backend():
-    """The active implementation: "cuda" (extension with CUDA kernel, CUDA available), "cpp" or "reference"."""
+    """The active implementation: "cuda" (extension with CUDA kernel, CUDA available), "cpp" or "reference".
+
+    The extension runs the calls whose operands share one dtype; a float32 adapter on a half-precision base and
+    calls under autocast always run :func:`lora_linear_reference`, whatever this returns.
+    """
     if not _EXTENSION_LOADED:
         return "reference"
     if torch.cuda.is_available() and _has_kernel("CUDA"):
@@ -62,21 +76,28 @@ def backend():
 
 
 def lora_linear_reference(x, weight, bias, lora_A, lora_B, alpha, scaling, *, lora_x=None):
-    """Pure-PyTorch y = x W^T + b + s * ((lx A^T) * alpha) B^T with lx = lora_x, or x when lora_x is None."""
+    """Pure-PyTorch y = x W^T + b + s * ((lx A^T) * alpha) B^T with lx = lora_x, or x when lora_x is None.
+
+    The base product runs in W's dtype and the LoRA branch in A's (lx is cast to it); their sum is formed in the
+    wider dtype and rounded once to the base product's dtype (x's, or autocast's).
+    """
     lx = x if lora_x is None else lora_x
-    return F.linear(x, weight, bias) + scaling * F.linear(F.linear(lx, lora_A) * alpha, lora_B)
+    base = F.linear(x, weight, bias)
+    update = scaling * F.linear(F.linear(lx.to(lora_A.dtype), lora_A) * alpha, lora_B)
+    return (base + update).to(base.dtype)
 
 
 def lora_linear(x, weight, bias, lora_A, lora_B, alpha, scaling, *, lora_x=None):
     """y = x W^T + b + s * ((lx A^T) * alpha) B^T, lx = lora_x or x; fused kernel where one exists.
 
+    A, B and alpha may be float32 while x, W, b are float16/bfloat16 (see the module docstring); y has x's dtype.
     Under autocast for x's device type the pure-PyTorch reference runs instead (its F.linear calls cast the
     operands as autocast prescribes), and the operands' floating dtypes may differ. Raises TypeError / ValueError
     naming the operand to fix when types, dtypes, devices or shapes disagree.
     """
     autocast = _autocast_enabled(x)
     check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x, same_dtype=not autocast)
-    if not autocast and _uses_fused_kernel(x):
+    if not autocast and lora_A.dtype == x.dtype and _uses_fused_kernel(x):
         return torch.ops.autolora.lora_linear(x, weight, bias, lora_A, lora_B, alpha, float(scaling), lora_x)
     return lora_linear_reference(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=lora_x)
 
@@ -101,7 +122,7 @@ def _uses_fused_kernel(x):
 def check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=None, same_dtype=True):
     """Validate the operands of :func:`lora_linear`; the messages say which operand to change and how.
 
-    ``same_dtype=False`` (used under autocast) allows floating dtypes that differ from x's.
+    Dtypes: see :func:`_check_dtypes`; ``same_dtype=False`` (used under autocast) allows any floating dtypes.
     """
     operands = {"x": x, "weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B, "alpha": alpha,
                 "lora_x": lora_x}
@@ -112,17 +133,30 @@ def check_lora_linear_inputs(x, weight, bias, lora_A, lora_B, alpha, scaling, lo
         raise TypeError(f"scaling must be a Python float, got {type(scaling).__name__}")
     if not math.isfinite(float(scaling)):
         raise ValueError(f"scaling must be finite, got {scaling}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     for name, value in operands.items():
-        if value is None or value is x:
-            continue
-        if value.dtype != x.dtype and (same_dtype or not value.is_floating_point()):
-            raise TypeError(f"{name} has dtype {value.dtype} but x has {x.dtype}; cast all operands to one dtype")
-        if value.device != x.device:
+        if value is not None and not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        if value is not None and value.device != x.device:
             raise ValueError(f"{name} is on device {value.device} but x is on {x.device}; move all operands to "
                              "one device")
+    if same_dtype:
+        _check_dtypes(x, weight, bias, lora_A, lora_B, alpha, lora_x)
     _check_shapes(x, weight, bias, lora_A, lora_B, alpha, lora_x)
+
+
+def _check_dtypes(x, weight, bias, lora_A, lora_B, alpha, lora_x):
+    """x, weight, bias, lora_x share the base dtype; lora_A, lora_B, alpha share the adapter dtype, which is the
+    base dtype or float32 on a half-precision base."""
+    for group in ({"x": x, "weight": weight, "bias": bias, "lora_x": lora_x},
+                  {"lora_A": lora_A, "lora_B": lora_B, "alpha": alpha}):
+        (first, reference), *others = group.items()
+        for name, value in others:
+            if value is not None and value.dtype != reference.dtype:
+                raise TypeError(f"{name} has dtype {value.dtype} but {first} has {reference.dtype}; "
+                                f"{', '.join(group)} need one dtype")
+    if lora_A.dtype != x.dtype and not (x.dtype in HALF_DTYPES and lora_A.dtype == torch.float32):
+        raise TypeError(f"lora_A has dtype {lora_A.dtype} but x has {x.dtype}; the LoRA factors and alpha need x's "
+                        "dtype, or float32 when x is float16/bfloat16")
 
 
 def _check_shapes(x, weight, bias, lora_A, lora_B, alpha, lora_x):

@@ -272,6 +272,50 @@ def test_fused_qkv_gradcheck_through_both_branches():
     torch.autograd.gradcheck(forward, tuple(params[n].detach().clone().requires_grad_() for n in names))
 
 
+# ---------------------------------------------------------------------------------------------------- dtypes
+
+
+# (base weight dtype, autocast_adapter_dtype) -> dtype of the factors and logits: float32 for a half base by default.
+ADAPTER_DTYPES = {
+    (torch.bfloat16, True): torch.float32, (torch.float16, True): torch.float32,
+    (torch.bfloat16, False): torch.bfloat16, (torch.float16, False): torch.float16,
+    (torch.float32, True): torch.float32, (torch.float64, True): torch.float64,
+    (torch.float32, False): torch.float32, (torch.float64, False): torch.float64,
+}
+
+
+@pytest.mark.parametrize("base_dtype,autocast_adapter_dtype", list(ADAPTER_DTYPES))
+def test_adapter_dtype_of_linear_and_fused_qkv(base_dtype, autocast_adapter_dtype):
+    expected = ADAPTER_DTYPES[base_dtype, autocast_adapter_dtype]
+    linear = AutoLoRALinear(nn.Linear(D_IN, D_OUT).to(base_dtype), r=K, autocast_adapter_dtype=autocast_adapter_dtype)
+    qkv = AutoLoRAFusedQKV(Conv1D(3 * D_IN, D_IN).to(base_dtype), r_q=2, r_v=3,
+                           autocast_adapter_dtype=autocast_adapter_dtype)
+    for branch in (linear, qkv.q, qkv.v):
+        assert (branch.lora_A.dtype, branch.lora_B.dtype, branch.beta.dtype) == (expected,) * 3
+        assert branch.alpha().dtype == expected
+    for layer in (linear, qkv):
+        assert layer.base_layer.weight.dtype == base_dtype
+        assert layer(torch.ones(2, D_IN, dtype=base_dtype)).dtype == base_dtype
+
+
+def test_merge_rounds_the_float32_update_into_a_bfloat16_weight_once():
+    """W0 = 1 (bfloat16, spacing 2^-7 above 1) and Delta W = 2^-8 + 2^-20 (float32): W0 + Delta W lies just above the
+    midpoint between 1 and 1 + 2^-7, so one rounding gives 1 + 2^-7. Rounding Delta W to bfloat16 first (2^-8) would
+    make the sum a tie, rounded to even: 1. Unmerging subtracts in float32 and rounds once: back to 1."""
+    layer = AutoLoRALinear(nn.Linear(2, 3).to(torch.bfloat16), r=1, lora_alpha=1.0, selection="fixed")
+    delta = 2.0 ** -8 + 2.0 ** -20
+    with torch.no_grad():
+        layer.base_layer.weight.fill_(1.0)
+        layer.lora_A.fill_(1.0)
+        layer.lora_B.fill_(delta)
+    assert layer.lora_B.dtype == torch.float32 and layer.lora_B[0, 0].item() == delta
+    layer.merge()
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert (layer.base_layer.weight == 1.0 + 2.0 ** -7).all()
+    layer.unmerge()
+    assert (layer.base_layer.weight == 1.0).all()
+
+
 # ---------------------------------------------------------------------------------------------------- dropout
 
 

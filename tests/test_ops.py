@@ -53,12 +53,19 @@ def grads_of(fn, tensors, grad_y):
     return [None if t is None else next(grads) for t in tensors]
 
 
-def assert_close_to_oracle(actual, expected, dtype, magnitude=None):
-    """float64: rounding-level agreement; float32: error relative to the oracle's magnitude.
+# Relative tolerance by the dtype of the result: rounding-level agreement for float64 and float32; a float16 or
+# bfloat16 result is rounded twice (the base product, then its sum with the float32 LoRA branch), each time by at most
+# the unit roundoff u = 2^-11 (float16) or 2^-8 (bfloat16).
+ORACLE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2 * 2.0 ** -11,
+                    torch.bfloat16: 2 * 2.0 ** -8}
+
+
+def assert_close_to_oracle(actual, expected, magnitude=None):
+    """Error within ORACLE_TOLERANCE[actual.dtype] relative to the oracle's magnitude.
 
     ``magnitude`` (default: the largest |expected|) is the size the rounding error scales with; for sums with
     cancellation pass the same quantity computed from absolute values (sum of |terms|)."""
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    tol = ORACLE_TOLERANCE[actual.dtype]
     if magnitude is None:
         magnitude = expected.abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol * (1.0 + magnitude))
@@ -217,8 +224,9 @@ def build_case(case):
     return [x, weight, bias, lora_A, lora_B, alpha, lora_x]
 
 
-def check_forward_and_grads(tensors, scaling, dtype):
-    """Forward and all gradients of ops.lora_linear equal the float64 einsum oracle (grads via autograd)."""
+def check_forward_and_grads(tensors, scaling):
+    """Forward and all gradients of ops.lora_linear equal the float64 einsum oracle (grads via autograd); y has x's
+    dtype and every gradient its operand's."""
     def fused(x, weight, bias, lora_A, lora_B, alpha, lora_x):
         return ops.lora_linear(x, weight, bias, lora_A, lora_B, alpha, scaling, lora_x=lora_x)
 
@@ -231,15 +239,15 @@ def check_forward_and_grads(tensors, scaling, dtype):
     abs_leaves = float64_leaves([None if t is None else t.abs() for t in tensors])
     y = fused(*leaves)
     expected = oracle(*oracle_leaves)
-    assert y.shape == expected.shape and y.dtype == dtype
-    assert_close_to_oracle(y, expected, dtype, magnitude=oracle(*abs_leaves).abs().max().item())
-    grad_y = torch.randn(y.shape, dtype=torch.float64)
-    magnitudes = grads_of(oracle, abs_leaves, grad_y.abs())
-    for got, want, size in zip(grads_of(fused, leaves, grad_y.to(dtype)), grads_of(oracle, oracle_leaves, grad_y),
-                               magnitudes):
+    assert y.shape == expected.shape and y.dtype == tensors[0].dtype
+    assert_close_to_oracle(y, expected, magnitude=oracle(*abs_leaves).abs().max().item())
+    grad_y = torch.randn(y.shape, dtype=torch.float64).to(y.dtype)
+    magnitudes = grads_of(oracle, abs_leaves, grad_y.double().abs())
+    for got, want, size, leaf in zip(grads_of(fused, leaves, grad_y), grads_of(oracle, oracle_leaves, grad_y.double()),
+                                     magnitudes, leaves):
         if want is not None:
-            assert got.dtype == dtype
-            assert_close_to_oracle(got, want, dtype, magnitude=size.abs().max().item() if size.numel() else 0.0)
+            assert got.dtype == leaf.dtype
+            assert_close_to_oracle(got, want, magnitude=size.abs().max().item() if size.numel() else 0.0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -248,14 +256,14 @@ def test_matches_oracle_on_random_shapes(case):
     tensors = build_case(case)
     if case["transposed_x"] and case["lead"][0] > 1 and case["d_in"] > 1:
         assert not tensors[0].is_contiguous()
-    check_forward_and_grads(tensors, case["scaling"], case["dtype"])
+    check_forward_and_grads(tensors, case["scaling"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_oracle_over_many_row_blocks(dtype):
     """Enough rows for several cache blocks per thread and a ragged last block."""
     tensors = [*make_operands((1237,), 300, 200, 8, dtype, seed=3), None]
-    check_forward_and_grads(tensors, 0.5, dtype)
+    check_forward_and_grads(tensors, 0.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -273,7 +281,49 @@ def test_matches_oracle_on_each_cpu_path(path, r, dtype):
         weight = weight.t().contiguous().t()
     g = torch.Generator().manual_seed(100 + r)
     lora_x = torch.randn(rows, 300, generator=g, dtype=torch.float64).to(dtype) if path == "lora_x" else None
-    check_forward_and_grads([x, weight, bias, lora_A, lora_B, alpha, lora_x], 0.75, dtype)
+    check_forward_and_grads([x, weight, bias, lora_A, lora_B, alpha, lora_x], 0.75)
+
+
+# ------------------------------------------------------------------------------------------- half-precision base
+
+def half_base_operands(dtype, with_lora_x=False, seed=9):
+    """[x, W, b, A, B, alpha, lora_x]: x, W, b, lora_x in ``dtype`` and A, B, alpha in float32, as in a half-precision
+    model with float32 adapters."""
+    x, weight, bias, lora_A, lora_B, alpha = make_operands((3, 5), 24, 16, 4, torch.float32, seed=seed)
+    lora_x = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(dtype) if with_lora_x else None
+    return [x.to(dtype), weight.to(dtype), bias.to(dtype), lora_A, lora_B, alpha, lora_x]
+
+
+@pytest.mark.parametrize("with_lora_x", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_with_float32_factors_matches_oracle(dtype, with_lora_x):
+    """y has x's dtype and lies within two roundings of the oracle; the gradients of A, B and alpha are float32 and
+    agree with the oracle to float32 rounding (the LoRA branch runs in float32 on the exact values of x and grad_y),
+    those of x, W, b and lora_x have the base dtype."""
+    check_forward_and_grads(half_base_operands(dtype, with_lora_x), 0.75)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_double_backward_in_float32(dtype):
+    """The exact hypergradient's mixed term d/d(A, B) <d/d alpha <y, G>, u> through the op with a half-precision base
+    equals the float64 oracle to float32 rounding: for a fixed G, d/d alpha <y, G> = s * sum_n (lx A^T) * (G B)
+    involves x and G only through their exact values."""
+    x, weight, bias, lora_A, lora_B, alpha, _ = half_base_operands(dtype)
+    g = torch.Generator().manual_seed(10)
+    grad_y = torch.randn(3, 5, 16, generator=g).to(dtype)
+    direction = torch.randn(4, generator=g, dtype=torch.float64)
+
+    def mixed_term(fn, base, factors, grad_y):
+        lora_A, lora_B, alpha = [t.detach().clone().requires_grad_() for t in factors]
+        (grad_alpha,) = torch.autograd.grad(fn(*base, lora_A, lora_B, alpha, 0.75), alpha, grad_y, create_graph=True)
+        return torch.autograd.grad(grad_alpha @ direction.to(alpha.dtype), (lora_A, lora_B))
+
+    got = mixed_term(ops.lora_linear, (x, weight, bias), (lora_A, lora_B, alpha), grad_y)
+    want = mixed_term(einsum_oracle, [t.double() for t in (x, weight, bias)],
+                      [t.double() for t in (lora_A, lora_B, alpha)], grad_y.double())
+    for actual, expected in zip(got, want):
+        assert actual.dtype == torch.float32
+        assert_close_to_oracle(actual, expected)
 
 
 def test_dropout_on_lora_input_with_explicit_mask():
@@ -335,7 +385,7 @@ def test_cpu_autocast_bfloat16_accepts_mixed_dtypes_and_matches_oracle(x_dtype):
     x = x.to(x_dtype)
     params = [t.clone().requires_grad_() for t in (weight, bias, lora_A, lora_B, alpha)]
     if x_dtype != torch.float32:
-        with pytest.raises(TypeError, match="cast all operands to one dtype"):
+        with pytest.raises(TypeError, match="need one dtype"):
             ops.lora_linear(x, *params, 0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = ops.lora_linear(x, *params, 0.5)
@@ -350,6 +400,14 @@ def test_cpu_autocast_bfloat16_accepts_mixed_dtypes_and_matches_oracle(x_dtype):
 
 # ---------------------------------------------------------------------------------------------------- errors
 
+BASE_SHAPES = {"x": (2, 6), "weight": (4, 6), "bias": (4,)}
+FACTOR_SHAPES = {"lora_A": (3, 6), "lora_B": (4, 3), "alpha": (3,)}
+
+
+def zeros_like_operands(shapes, dtype):
+    return {name: torch.zeros(shape, dtype=dtype) for name, shape in shapes.items()}
+
+
 def bad_inputs():
     """(description, operand overrides, exception type, message fragment)."""
     return [
@@ -362,8 +420,18 @@ def bad_inputs():
         ("weight 1-D", {"weight": torch.zeros(6)}, ValueError, "weight must be a 2-D (d_out, d_in) matrix"),
         ("lora_x shape", {"lora_x": torch.zeros(3, 6)}, ValueError,
          "lora_x must have shape x.shape=(2, 6), got (3, 6)"),
-        ("dtype", {"lora_B": torch.zeros(4, 3, dtype=torch.float64)}, TypeError,
-         "lora_B has dtype torch.float64 but x has torch.float32"),
+        ("factor dtypes", {"lora_B": torch.zeros(4, 3, dtype=torch.float64)}, TypeError,
+         "lora_B has dtype torch.float64 but lora_A has torch.float32; lora_A, lora_B, alpha need one dtype"),
+        ("base dtypes", {"weight": torch.zeros(4, 6, dtype=torch.bfloat16)}, TypeError,
+         "weight has dtype torch.bfloat16 but x has torch.float32; x, weight, bias, lora_x need one dtype"),
+        ("half factors", zeros_like_operands(FACTOR_SHAPES, torch.bfloat16), TypeError,
+         "lora_A has dtype torch.bfloat16 but x has torch.float32; the LoRA factors and alpha need x's dtype, or "
+         "float32 when x is float16/bfloat16"),
+        ("float64 factors", {**zeros_like_operands(BASE_SHAPES, torch.bfloat16),
+                             **zeros_like_operands(FACTOR_SHAPES, torch.float64)}, TypeError,
+         "lora_A has dtype torch.float64 but x has torch.bfloat16"),
+        ("int alpha", {"alpha": torch.zeros(3, dtype=torch.int64)}, TypeError,
+         "alpha must be a floating-point tensor, got dtype torch.int64"),
         ("int x", {"x": torch.zeros(2, 6, dtype=torch.int64)}, TypeError, "x must be a floating-point tensor"),
         ("device", {"alpha": torch.zeros(3, device="meta")}, ValueError, "alpha is on device meta but x is on cpu"),
         ("not tensor", {"lora_A": [[0.0] * 6] * 3}, TypeError, "lora_A must be a torch.Tensor, got list"),
@@ -374,8 +442,8 @@ def bad_inputs():
 
 @pytest.mark.parametrize("description,overrides,error,fragment", bad_inputs(), ids=[c[0] for c in bad_inputs()])
 def test_readable_errors(description, overrides, error, fragment):
-    args = dict(x=torch.zeros(2, 6), weight=torch.zeros(4, 6), bias=torch.zeros(4), lora_A=torch.zeros(3, 6),
-                lora_B=torch.zeros(4, 3), alpha=torch.zeros(3), scaling=1.0, lora_x=None)
+    args = dict(**zeros_like_operands(BASE_SHAPES, torch.float32), **zeros_like_operands(FACTOR_SHAPES, torch.float32),
+                scaling=1.0, lora_x=None)
     args.update(overrides)
     with pytest.raises(error) as info:
         ops.lora_linear(*(args[name] for name in OPERAND_NAMES), args["scaling"], lora_x=args["lora_x"])
