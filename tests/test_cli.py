@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import random
+import shutil
 
 import datasets
 import numpy as np
@@ -10,14 +11,14 @@ import pytest
 import scipy.stats
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
 from autolora.checkpoint import load_checkpoint
 from autolora.cli import main
 from autolora.config import AutoLoRAConfig
 from autolora.data import load_files
-from autolora.evaluation import evaluate, predict
+from autolora.evaluation import predict
 from autolora.metrics import METRIC_NAMES
 from autolora.model import adapter_branches, get_autolora_model
 from autolora.retrain import build_retrain_model
@@ -143,9 +144,10 @@ def test_run_writes_valid_outputs(workspace, runs, task_type):
 
 @pytest.mark.parametrize("task_type", list(NUM_LABELS))
 def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, runs, task_type):
-    """Logits of PEFT(base, adapter/) equal ours rebuilt from the final retrain checkpoint, and the metrics
-    recomputed from the PEFT model equal metrics.json. Both are float32 models that round differently (ours may fold
-    the LoRA update into the weight), so equality is to float32 rounding: 1e-5 on logits and metrics."""
+    """Logits of PEFT(base, adapter/) equal ours rebuilt from the final retrain checkpoint, and metrics.json equals
+    the metrics computed by hand from the PEFT model's outputs on each test example alone. Both are float32 models
+    that round differently (ours may fold the LoRA update into the weight), so equality is to float32 rounding:
+    1e-5 on logits and metrics."""
     out, num_labels = runs[task_type], NUM_LABELS[task_type]
     ranks = json.loads((out / "ranks.json").read_text())
     ours = build_retrain_model(load_base(workspace, task_type, num_labels), AutoLoRAConfig(max_rank=K), ranks)
@@ -158,12 +160,57 @@ def test_exported_adapter_in_stock_peft_equals_the_retrained_model(workspace, ru
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, ours.eval()(**batch).logits, rtol=1e-5, atol=1e-5)
+    recorded = json.loads((out / "metrics.json").read_text())["test"]
+    assert recorded == pytest.approx(adapter_metrics_by_hand(workspace, task_type, out / "adapter"), abs=1e-5)
+
+
+@pytest.mark.parametrize("task_type", list(NUM_LABELS))
+def test_evaluate_equals_metrics_by_hand_on_an_adapter_with_a_fitted_head(workspace, runs, task_type, tmp_path):
+    """``autolora evaluate`` of the exported adapter with a head fitted by least squares on the training split: the
+    briefly trained head predicts one class everywhere, which would leave F1, Matthews correlation and the entity
+    scores at 0, untested."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(runs[task_type] / "adapter", adapter)
+    if task_type != "regression":
+        plant_least_squares_head(workspace, task_type, adapter)
+    main(cli_args(workspace, task_type, tmp_path, "evaluate"))
+    expected = adapter_metrics_by_hand(workspace, task_type, adapter)
+    assert all(value != 0.0 for value in expected.values()), expected  # every metric is exercised
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"] == pytest.approx(expected, abs=1e-5)
+
+
+def plant_least_squares_head(workspace, task_type, adapter):
+    """Overwrite the adapter's classifier with [W b] = argmin ||[X 1] [W b]^T - Y||, X the classifier inputs and Y
+    the one-hot labels of the labelled training examples (tokens)."""
+    peft_model, data = peft_model_and_data(workspace, task_type, adapter)
+    inputs = []
+    peft_model.base_model.model.classifier.register_forward_hook(lambda module, args, out: inputs.append(args[0][0]))
+    outputs_one_by_one(peft_model, data.train)
+    features = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs]).double()
+    labels = torch.tensor([y for row in data.train["labels"] for y in (row if isinstance(row, list) else [row])])
+    keep = labels != -100
+    design = torch.cat([features[keep], torch.ones(int(keep.sum()), 1, dtype=torch.float64)], dim=1)
+    one_hot = torch.nn.functional.one_hot(labels[keep], NUM_LABELS[task_type]).double()
+    solution = torch.linalg.lstsq(design, one_hot).solution.T.float()
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    tensors["base_model.model.classifier.weight"] = solution[:, :-1].contiguous()
+    tensors["base_model.model.classifier.bias"] = solution[:, -1].contiguous()
+    save_file(tensors, adapter / "adapter_model.safetensors")
+
+
+def peft_model_and_data(workspace, task_type, adapter):
+    """Stock PEFT(base, ``adapter``) and the task's splits tokenised as the command does."""
+    peft_model = PeftModel.from_pretrained(load_base(workspace, task_type, NUM_LABELS[task_type]), adapter)
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
     data = load_files(*workspace["files"][task_type].values(), task_type=task_type, text_column="text",
                       label_column="label", tokenizer=tokenizer, max_length=12)
-    expected = evaluate(peft_model, data.test, task_type=task_type, label_names=data.label_names,
-                        tokenizer=tokenizer)
-    recorded = json.loads((out / "metrics.json").read_text())["test"]
-    assert recorded == pytest.approx(expected, abs=1e-5)
+    return peft_model, data
+
+
+def adapter_metrics_by_hand(workspace, task_type, adapter):
+    """:func:`metrics_by_hand` of stock PEFT(base, ``adapter``) on the test split."""
+    peft_model, data = peft_model_and_data(workspace, task_type, adapter)
+    return metrics_by_hand(task_type, outputs_one_by_one(peft_model, data.test), data.test, data.label_names)
 
 
 def outputs_one_by_one(model, dataset):
