@@ -19,7 +19,7 @@ from .config import AutoLoRAConfig
 from .data import TaskData, load_builtin_task, load_files
 from .evaluation import evaluate
 from .export import export_peft_adapter
-from .metrics import TASK_TYPES, primary_metric
+from .metrics import TASK_TYPES
 from .model import get_autolora_model
 from .plots import plot_alpha_history, plot_rank_heatmap
 from .retrain import build_retrain_model, train
@@ -340,16 +340,15 @@ def load_exported_model(args: argparse.Namespace, data: TaskData, tokenizer) -> 
     return PeftModel.from_pretrained(load_base_model(args, data, tokenizer), adapter)
 
 
-def report(ranks: dict[str, int] | None, metrics: dict | None, task_type: str) -> None:
-    """Print the ranks and the primary metric to stdout."""
+def report(ranks: dict[str, int] | None, metrics: dict | None, metric_names: Sequence[str]) -> None:
+    """Print the ranks and the task's metrics (``TaskData.metric_names``, its primary metric first) to stdout."""
     if ranks is not None:
         width = max(map(len, ranks))
         print("ranks:")
         for name, rank in ranks.items():
             print(f"  {name:<{width}}  {rank}")
-    if metrics is not None:
-        name = primary_metric(task_type)
-        for split, values in metrics.items():
+    for split, values in (metrics or {}).items():
+        for name in metric_names:
             print(f"{split} {name}: {values[name]:.4f}")
 
 
@@ -373,7 +372,7 @@ def execute(args: argparse.Namespace) -> None:
             metrics = run_evaluation(args, data, tokenizer, model)
     if args.command == "evaluate":
         metrics = run_evaluation(args, data, tokenizer, load_exported_model(args, data, tokenizer))
-    report(ranks, metrics, data.task_type)
+    report(ranks, metrics, data.metric_names)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -384,3 +384,18 @@ def test_predict_without_tokenizer_pads_with_the_models_pad_id():
     with torch.no_grad():
         alone = [model(input_ids=torch.tensor([r])).logits.item() for r in rows]
     assert predictions == pytest.approx(alone, abs=1e-6)
+
+
+def test_cola_summary_reports_the_tasks_metrics_matthews_correlation_first(workspace, tmp_path, monkeypatch, capsys):
+    rng = random.Random(1)
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["unacceptable", "acceptable"])})
+    fake_cola = datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        dict(zip(("sentence", "label"), zip(*synthetic_rows("classification", n, rng)))), features=features)
+        for split, n in (("train", 16), ("validation", 8))})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: fake_cola)
+    main(["run", "--model", workspace["model"], "--task", "cola", "--output-dir", str(tmp_path), "--max-rank", "2",
+          "--batch-size", "4", "--max-length", "12", "--search-steps", "2", "--retrain-steps", "2"])
+    recorded = json.loads((tmp_path / "metrics.json").read_text())["validation"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation ")]
+    assert printed == [f"validation {name}: {recorded[name]:.4f}" for name in ("matthews_corrcoef", "accuracy", "f1")]
