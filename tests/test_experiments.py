@@ -1,0 +1,329 @@
+"""The experiment suite (bench/experiments) on a tiny random BERT and tiny synthetic tasks: caching and resume,
+filters, atomic results, the statistics against independent oracles, the shuffle control, budget matching, and
+the generated report."""
+import dataclasses
+import json
+import math
+import os
+import random
+import statistics
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from autolora.data import RawSplit, RawTask, tokenize_task
+from tiny_models import tiny_bert, tiny_bert_token_classifier
+from tiny_tokenizer import WORDS, tiny_tokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root: bench/
+
+from bench.experiments import cache, methods, report, run, stats, tasks  # noqa: E402
+
+RECIPE = methods.Recipe(max_length=16, batch_size=4, retrain_steps=2, search_steps=4)
+WORD_LIST = [w for w in WORDS if w.isalpha()]
+TASK = "rotten_tomatoes_500"
+BUDGET_MATCHED = [m.name for m in methods.METHODS.values() if m.budget_matched]
+
+
+def synthetic_task(task_type, seed, tokenizer, max_length):
+    """A learnable tiny task: sentiment words decide the class; "paris"/"york" are tagged B-loc."""
+    rng = random.Random(seed)
+
+    def split(n):
+        texts, labels = [], []
+        for _ in range(n):
+            words = [rng.choice(WORD_LIST) for _ in range(6)]
+            if task_type == "classification":
+                texts.append(" ".join(words))
+                labels.append(int(any(w in ("good", "great", "love", "fun") for w in words)))
+            else:
+                texts.append(words)
+                labels.append([int(w in ("paris", "york")) for w in words])
+        return RawSplit(texts, labels)
+
+    names = ["negative", "positive"] if task_type == "classification" else ["O", "B-loc"]
+    raw = RawTask(task_type, 2, names, {"train": split(24), "validation": split(6), "test": split(8)})
+    return tokenize_task(raw, tokenizer, max_length=max_length)
+
+
+def tiny_model(data, seed, eager_attention=False):
+    factory = tiny_bert_token_classifier if data.task_type == "token-classification" else tiny_bert
+    return factory(num_labels=data.num_labels, seed=seed)
+
+
+def patch_loaders(patcher, tmp_path):
+    tokenizer = tiny_tokenizer(tmp_path)
+    patcher.setattr(tasks, "load_tokenizer", lambda: tokenizer)
+    patcher.setattr(tasks, "load_task", lambda spec, tok, seed, max_length:
+                    synthetic_task(spec.task_type, seed, tok, max_length))
+    patcher.setattr(tasks, "load_model", tiny_model)
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch, tmp_path):
+    """Loaders patched to the tiny model and task; returns a fresh results folder."""
+    patch_loaders(monkeypatch, tmp_path)
+    return str(tmp_path / "results")
+
+
+def run_cells(root, filter_text, seeds=(0,), max_minutes=None):
+    return run.run(run.plan(run.parse_filter(filter_text), list(seeds)), results_root=root,
+                   max_minutes=max_minutes, recipe=RECIPE, command="test")
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, names in os.walk(root) for name in names)
+
+
+def target_shapes_from_weights(model):
+    """{query/value module: (d_in, d_out)} read off the nn.Linear weights (d_out x d_in) of a model without adapters."""
+    return {name: (module.weight.shape[1], module.weight.shape[0]) for name, module in model.named_modules()
+            if name.endswith(("attention.self.query", "attention.self.value"))}
+
+
+def replace_run(monkeypatch, name, function):
+    """Make method ``name`` run ``function(cell)`` for the rest of the test."""
+    monkeypatch.setitem(methods.METHODS, name, dataclasses.replace(methods.METHODS[name], run=function))
+
+
+def write_autolora_ranks(root, ranks, seed=0):
+    """A cached AutoLoRA result holding only what the shuffled control reads."""
+    cache.write_result(root, {"task": TASK, "method": "autolora", "seed": seed, "ranks": ranks})
+
+
+# ------------------------------------------------------------------------------------------- caching and resume
+
+def test_cell_is_written_once_and_skipped_on_rerun(tiny_suite, monkeypatch):
+    first = run_cells(tiny_suite, f"task={TASK},method=uniform_r4")
+    assert first["ran"] == [f"{TASK}/uniform_r4/seed0"]
+    path = cache.result_path(tiny_suite, TASK, "uniform_r4", 0)
+    record = json.loads(open(path).read())
+    assert (record["task"], record["method"], record["seed"]) == (TASK, "uniform_r4", 0)
+    assert set(record["test"]) == {"accuracy", "f1", "matthews_corrcoef"} and record["metric"] == "accuracy"
+    assert set(record["ranks"].values()) == {4} and len(record["ranks"]) == 4
+    assert set(record["wall_seconds"]) == {"allocation", "retrain", "eval", "total"}
+    assert record["recipe"]["retrain_steps"] == RECIPE.retrain_steps and record["command"] == "test"
+    assert {"versions", "git_commit", "hardware"} <= set(record["environment"])
+    before = open(path).read()
+
+    def must_not_run(cell):
+        raise AssertionError("a cached cell was run again")
+    replace_run(monkeypatch, "uniform_r4", must_not_run)
+    second = run_cells(tiny_suite, f"task={TASK},method=uniform_r4")
+    assert second["ran"] == [] and second["skipped"] == [f"{TASK}/uniform_r4/seed0"]
+    assert open(path).read() == before
+
+
+def test_filter_selects_cells_in_run_order():
+    cells = run.plan(run.parse_filter("task=wnut16_500,method=eva,method=uniform_r4,seed=1,seed=0"))
+    assert cells == [("wnut16_500", "uniform_r4", 0), ("wnut16_500", "eva", 0),
+                     ("wnut16_500", "uniform_r4", 1), ("wnut16_500", "eva", 1)]
+    context = run.plan(run.parse_filter("task=wnut16,method=uniform_r8"))
+    assert [seed for _, _, seed in context] == [0, 1, 2]
+    headline = run.plan(run.parse_filter("task=wnut16,method=adalora"))
+    assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
+    assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
+    everything = run.plan({})
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 5 * 3)
+    assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes", "uniform_r2", 0))
+
+
+@pytest.mark.parametrize("text, message", [("task=sst3", "unknown task"), ("method=lora", "unknown method"),
+                                           ("seed=x", "non-negative integers"), ("size=5", "key=value"),
+                                           ("task", "key=value")])
+def test_filter_rejects_unknown_keys_and_values(text, message):
+    with pytest.raises(ValueError, match=message):
+        run.parse_filter(text)
+
+
+def test_interrupted_cell_leaves_no_result(tiny_suite, monkeypatch):
+    def interrupted(cell):
+        raise KeyboardInterrupt
+    replace_run(monkeypatch, "uniform_r2", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(tiny_suite, f"task={TASK},method=uniform_r2")
+    assert not os.path.exists(tiny_suite) or files_under(tiny_suite) == []
+
+
+def test_interrupt_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
+    root = str(tmp_path)
+
+    def replace_interrupted(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", replace_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.write_result(root, {"task": TASK, "method": "eva", "seed": 3, "test": {"accuracy": 0.5}})
+    assert files_under(root) == []
+    assert cache.read_result(root, TASK, "eva", 3) is None
+
+
+def test_max_minutes_stops_starting_cells(tiny_suite):
+    summary = run_cells(tiny_suite, f"task={TASK},method=uniform_r4,method=uniform_r2", max_minutes=0)
+    assert summary["ran"] == []
+    assert summary["not_started"] == [f"{TASK}/uniform_r4/seed0", f"{TASK}/uniform_r2/seed0"]
+    assert not os.path.exists(tiny_suite) or files_under(tiny_suite) == []
+
+
+def test_result_in_the_wrong_place_is_refused(tmp_path):
+    path = cache.write_result(str(tmp_path), {"task": TASK, "method": "eva", "seed": 0})
+    os.rename(path, os.path.join(os.path.dirname(path), "seed1.json"))
+    with pytest.raises(ValueError, match="belongs at"):
+        cache.load_results(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+def test_paired_difference_is_the_paired_t_interval():
+    a = {0: 0.81, 1: 0.79, 2: 0.84, 3: 0.80, 4: 0.83, 9: 0.5}
+    b = {0: 0.80, 1: 0.80, 2: 0.81, 3: 0.78, 4: 0.80, 7: 0.9}
+    d = [a[s] - b[s] for s in range(5)]
+    mean, sd = statistics.fmean(d), statistics.stdev(d)
+    half = scipy_stats.t.ppf(0.975, df=4) * sd / math.sqrt(5)
+    result = stats.paired_difference(a, b)
+    assert result.n == 5
+    assert result.mean == pytest.approx(mean, abs=1e-12)
+    assert (result.low, result.high) == pytest.approx((mean - half, mean + half), abs=1e-12)
+    reference = scipy_stats.ttest_rel([a[s] for s in range(5)], [b[s] for s in range(5)]).confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert result.within_noise == (result.low <= 0 <= result.high)
+
+
+def test_paired_difference_with_one_seed_has_no_interval():
+    result = stats.paired_difference({0: 0.9, 1: 0.7}, {1: 0.6})
+    assert (result.n, result.low, result.high, result.within_noise) == (1, None, None, None)
+    assert result.mean == pytest.approx(0.1)
+    assert report.reading(result) == "n/a (one seed)"
+    assert stats.paired_difference({0: 0.9}, {1: 0.6}) is None
+
+
+def test_rank_stability_hand_example():
+    modules = ["m0", "m1", "m2", "m3"]
+    seeds = {0: [1, 2, 3, 4], 1: [1, 2, 4, 3], 2: [4, 3, 2, 1], 3: [4, 4, 4, 4]}
+    # rho = 1 - 6 sum d^2 / (n (n^2 - 1)): seeds 0-1: d^2 sum 2 -> 0.8; 0-2: -1; 1-2: d = (-3, -1, 2, 2) -> -0.8;
+    # seed 3 is constant (no correlation) and enters no pair.
+    mean, pairs = stats.rank_stability({s: dict(zip(modules, r)) for s, r in seeds.items()})
+    assert pairs == 3
+    assert mean == pytest.approx((0.8 - 1.0 - 0.8) / 3, abs=1e-12)
+
+
+def test_spearman_with_ties_is_pearson_of_average_ranks():
+    x, y = [2, 2, 5, 7, 7, 7], [1, 3, 2, 6, 5, 4]
+    average_ranks_x = [1.5, 1.5, 3, 5, 5, 5]  # ties share the mean of the ranks they occupy
+    assert stats.spearman(x, y) == pytest.approx(np.corrcoef(average_ranks_x, y)[0, 1], abs=1e-12)
+    assert stats.spearman([3, 3, 3], [1, 2, 3]) is None
+
+
+def test_mean_std_uses_sample_deviation():
+    mean, std = stats.mean_std([0.5, 0.7, 0.9])
+    assert mean == pytest.approx(0.7) and std == pytest.approx(0.2)
+    assert stats.mean_std([0.4]) == (0.4, None)
+
+
+# --------------------------------------------------------------------------------- methods and parameter budget
+
+def test_shuffled_control_keeps_the_histogram(tiny_suite):
+    planted = {f"bert.encoder.layer.{i}.attention.self.{p}": r
+               for (i, p), r in zip([(0, "query"), (0, "value"), (1, "query"), (1, "value")], [1, 3, 5, 7])}
+    for seed in (0, 1):
+        write_autolora_ranks(tiny_suite, planted, seed)
+    summary = run_cells(tiny_suite, f"task={TASK},method=shuffled", seeds=(0, 1))
+    assert len(summary["ran"]) == 2
+    for seed in (0, 1):
+        ranks = cache.read_result(tiny_suite, TASK, "shuffled", seed)["ranks"]
+        assert set(ranks) == set(planted)
+        assert sorted(ranks.values()) == [1, 3, 5, 7]
+
+
+def test_shuffled_control_without_autolora_result_is_skipped(tiny_suite):
+    summary = run_cells(tiny_suite, f"task={TASK},method=shuffled")
+    assert summary["skipped"] == [f"{TASK}/shuffled/seed0"] and summary["ran"] == []
+    assert cache.read_result(tiny_suite, TASK, "shuffled", 0) is None
+
+
+@pytest.fixture(scope="module")
+def budget_results(tmp_path_factory):
+    """Every budget-matched method on the tiny classification task, seed 0 (the shuffled control reads the
+    AutoLoRA result of the same run)."""
+    tmp = tmp_path_factory.mktemp("budget")
+    with pytest.MonkeyPatch.context() as patcher:
+        patch_loaders(patcher, tmp)
+        root = str(tmp / "results")
+        summary = run_cells(root, f"task={TASK}," + ",".join(f"method={m}" for m in BUDGET_MATCHED))
+    assert summary["failed"] == []
+    return root
+
+
+@pytest.mark.parametrize("method", BUDGET_MATCHED)
+def test_budget_matched_methods_train_the_reference_parameter_count(budget_results, method):
+    record = cache.read_result(budget_results, TASK, method, 0)
+    shapes = target_shapes_from_weights(tiny_bert(num_labels=2))
+    reference = sum(4 * (d_in + d_out) for d_in, d_out in shapes.values())
+    assert set(record["ranks"]) == set(shapes)
+    count = sum(record["ranks"][name] * (d_in + d_out) for name, (d_in, d_out) in shapes.items())
+    assert record["lora_parameters"] == count
+    assert record["reference_lora_parameters"] == reference
+    assert abs(count / reference - 1.0) <= 0.05
+    assert record["budget_ratio"] == pytest.approx(count / reference)
+
+
+def test_context_rows_report_their_own_budget(tiny_suite):
+    run_cells(tiny_suite, f"task={TASK},method=uniform_r8,method=full_ft")
+    shapes = target_shapes_from_weights(tiny_bert(num_labels=2))
+    uniform8 = cache.read_result(tiny_suite, TASK, "uniform_r8", 0)
+    assert uniform8["lora_parameters"] == sum(8 * (a + b) for a, b in shapes.values())
+    assert uniform8["budget_ratio"] == pytest.approx(2.0)
+    full = cache.read_result(tiny_suite, TASK, "full_ft", 0)
+    assert full["lora_parameters"] == 0 and full["ranks"] is None
+    assert full["trainable_parameters"] == sum(p.numel() for p in tiny_bert(num_labels=2).parameters())
+
+
+def test_token_classification_cell_reports_entity_f1(tiny_suite):
+    run_cells(tiny_suite, "task=wnut16_500,method=eva")
+    record = cache.read_result(tiny_suite, "wnut16_500", "eva", 0)
+    assert record["metric"] == "f1" and set(record["test"]) == {"f1", "precision", "recall", "accuracy"}
+    assert sum(record["ranks"].values()) == 16
+
+
+def test_methods_see_no_held_out_split(tiny_suite, monkeypatch):
+    seen = []
+
+    def inspect(cell):
+        seen.append((cell.data.validation, cell.data.test, len(cell.data.train)))
+        return methods.Outcome(cell.base_model(), None)
+    replace_run(monkeypatch, "full_ft", inspect)
+    run_cells(tiny_suite, f"task={TASK},method=full_ft")
+    assert seen == [(None, None, 24)]
+    assert cache.read_result(tiny_suite, TASK, "full_ft", 0)["examples"] == {"train": 24, "test": 8}
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+def scored(record, seed, value):
+    return {**record, "seed": seed, "test": {**record["test"], record["metric"]: value}}
+
+
+def test_report_reads_intervals_and_marks_missing_rows(budget_results, tmp_path):
+    root = str(tmp_path / "results")
+    template = cache.read_result(budget_results, TASK, "uniform_r4", 0)
+    subject = [0.80, 0.82, 0.78]
+    for seed, (s, u, e) in enumerate(zip(subject, [0.81, 0.80, 0.79], [0.70, 0.71, 0.69])):
+        cache.write_result(root, scored(cache.read_result(budget_results, TASK, "autolora", 0), seed, s))
+        cache.write_result(root, scored(template, seed, u))
+        cache.write_result(root, scored(cache.read_result(budget_results, TASK, "eva", 0), seed, e))
+    output = tmp_path / "docs" / "results.md"
+    output.parent.mkdir()
+    text = report.write_report(root, str(output), str(tmp_path / "docs" / "figures"))
+    assert output.read_text() == text
+    section = text.split(f"### {TASK}")[1].split("###")[0]
+    uniform_row = next(line for line in section.splitlines() if line.startswith("| uniform_r4 |"))
+    eva_row = next(line for line in section.splitlines() if line.startswith("| eva |"))
+    adalora_row = next(line for line in section.splitlines() if line.startswith("| adalora |"))
+    assert uniform_row.endswith("| within noise |") and "| 3 |" in uniform_row
+    assert eva_row.endswith("| AutoLoRA higher |")
+    assert adalora_row.endswith(f"| {report.NOT_RUN} |")
+    assert "0.8000 ± 0.0200 (n=3)" in text
+    assert os.path.exists(tmp_path / "docs" / "figures" / "results_scores.png")
+    assert f"figures/results_ranks_{TASK}.png" in text
