@@ -34,13 +34,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`atomic_save`."""
-    return torch.load(os.fspath(path), map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`atomic_save` with ``weights_only=True``: tensors and plain Python values
+    only, so that loading a file never runs code from it."""
+    return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
 
 
 def capture_rng() -> dict:
-    """The global RNG states that training consumes: Python ``random``, NumPy and torch (CPU, and CUDA if present)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The global RNG states that training consumes: Python ``random``, NumPy and torch (CPU, and CUDA if present),
+    as tensors and plain Python values (NumPy's Mersenne Twister key becomes an int64 tensor)."""
+    name, key, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached_gaussian]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -49,7 +53,8 @@ def capture_rng() -> dict:
 def restore_rng(state: Mapping) -> None:
     """Inverse of :func:`capture_rng`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, key, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
