@@ -18,7 +18,7 @@ from .implicit import IMPLICIT_METHODS, implicit_hypergrad
 from .linear_solvers import conjugate_gradient, neumann_series
 from .products import hvp, mixed_vp, mixed_vp_fd, training_gradients
 from .rng import RngState, capture_rng_state, replay_rng_state
-from .unrolled import UNROLLED_METHODS, one_step_hypergrad, unrolled_hypergrad
+from .unrolled import UNROLLED_METHODS, OneStepHypergrad, one_step_hypergrad, unrolled_hypergrad
 
 __all__ = [
     "AdamWState", "AdamWUpdate", "BilevelOptimizer", "IMPLICIT_METHODS", "InnerUpdate", "LOOKAHEADS",

@@ -45,7 +45,8 @@ def _optimized_tensors(optimizer: torch.optim.Optimizer) -> Tensors:
 class BilevelOptimizer:
     """Alternating bilevel optimisation of weights W (inner) and hyper-parameters A (outer).
 
-    Each :meth:`step` computes g = grad_W Ltr(W, A) on the training batch. When a meta step is due it forms the
+    Each :meth:`step` computes g = grad_W Ltr(W, A) on the training batch. Meta steps are due on every
+    ``meta_every``-th step after the first ``warmup_steps`` steps (which train W alone). When one is due it forms the
     lookahead W' (reusing g, no extra training pass), evaluates Lval(W', A) on the validation batch with the
     weights substituted through ``torch.func.functional_call``, computes the hypergradient h = d Lval(W', A)/dA by
     ``method`` ("finite_difference" | "exact" | "first_order", see :mod:`hypergrad.unrolled`) at the pre-step W and
@@ -72,7 +73,8 @@ class BilevelOptimizer:
     def __init__(self, model: nn.Module, inner_optimizer: torch.optim.Optimizer,
                  outer_optimizer: torch.optim.Optimizer, train_loss: ModelLoss, val_loss: Optional[ModelLoss] = None,
                  *, method: str = "finite_difference", lr: Optional[float] = None, fd_radius: float = 0.01,
-                 meta_every: int = 1, val_only_hparams: Sequence[Tensor] = (), lookahead: str = "sgd"):
+                 meta_every: int = 1, val_only_hparams: Sequence[Tensor] = (), lookahead: str = "sgd",
+                 warmup_steps: int = 0):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         for name, opt in (("inner_optimizer", inner_optimizer), ("outer_optimizer", outer_optimizer)):
@@ -87,6 +89,10 @@ class BilevelOptimizer:
         self.lr = None if lr is None else check_real("lr", lr, positive=False)
         self.fd_radius = check_real("fd_radius", fd_radius, positive=True)
         self.meta_every = check_count("meta_every", meta_every)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+        self.last_hypergrad: Optional[Tensors] = None
         self.inner_optimizer, self.outer_optimizer = inner_optimizer, outer_optimizer
         self.num_steps = 0
         self._weights = _optimized_tensors(inner_optimizer)
@@ -126,13 +132,15 @@ class BilevelOptimizer:
         return SGDUpdate(float(self.inner_optimizer.param_groups[0]["lr"] if self.lr is None else self.lr))
 
     def _meta_due(self) -> bool:
-        return (self.num_steps + 1) % self.meta_every == 0
+        after_warmup = self.num_steps - self.warmup_steps
+        return after_warmup >= 0 and (after_warmup + 1) % self.meta_every == 0
 
     def step(self, train_batch: Any, val_batch: Any = None) -> dict:
         """One inner step on ``train_batch``, plus a meta step on ``val_batch`` every ``meta_every`` calls.
 
-        Returns {"train_loss": float, "meta_step": bool} and, after a meta step, "val_loss" (Lval at W') and
-        "hypergrad_norm" (global 2-norm of h)."""
+        Returns {"train_loss": float, "meta_step": bool} and, after a meta step, "val_loss" (Lval at W'),
+        "hypergrad_norm" (global 2-norm of h), "direct_norm" and "mixed_norm" (global 2-norms of its direct and
+        mixed terms); h itself is kept as :attr:`last_hypergrad` (one tensor per hyper-parameter)."""
         meta = self._meta_due()
         if meta and val_batch is None:
             raise ValueError("a meta step is due on this call; pass val_batch")
@@ -148,11 +156,13 @@ class BilevelOptimizer:
                                    param_names=self._weight_names, hparam_names=self._hparam_names)
         stats = {"train_loss": loss.item(), "meta_step": meta}
         if meta:
-            hypergrads, val = one_step_hypergrad(train_fn, self._loss_at(self._val_module, val_batch), self._weights,
+            result = one_step_hypergrad(train_fn, self._loss_at(self._val_module, val_batch), self._weights,
                                                  self._hparams, grads, method=self.method, fd_radius=self.fd_radius,
                                                  rng_state=rng_state, val_only_hparams=self.val_only_hparams,
                                                  inner_update=self._inner_update())
-            stats.update(val_loss=val.item(), hypergrad_norm=global_norm(hypergrads).item())
+            hypergrads = self.last_hypergrad = result.hypergrad
+            stats.update(val_loss=result.val_loss.item(), hypergrad_norm=global_norm(hypergrads).item(),
+                         direct_norm=global_norm(result.direct).item(), mixed_norm=global_norm(result.mixed).item())
         _apply(self.inner_optimizer, self._weights, grads)
         if meta:
             _apply(self.outer_optimizer, self._hparams, hypergrads)

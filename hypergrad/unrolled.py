@@ -11,7 +11,7 @@ backward, "finite_difference" by the central difference of :func:`~hypergrad.pro
 "first_order" drops it (h = grad_A Lval(W', A), W' held constant). :func:`one_step_hypergrad` is shared by
 :func:`unrolled_hypergrad` and :class:`~hypergrad.BilevelOptimizer`; only the update differs between SGD and Adam.
 """
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 from torch import Tensor
 
@@ -20,10 +20,19 @@ from ._validation import (as_tensor_tuple, check_choice, check_count, check_fini
 from .inner_updates import InnerUpdate, SGDUpdate
 from .products import grad_or_zeros, mixed_vp, mixed_vp_fd, training_gradients
 from .rng import RngState, capture_rng_state
-from .tensor_tuples import Tensors, detached
+from .tensor_tuples import Tensors, detached, zeros_like
 
 LossFn = Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor]
 UNROLLED_METHODS = ("exact", "finite_difference", "first_order")
+
+
+class OneStepHypergrad(NamedTuple):
+    """What :func:`one_step_hypergrad` returns: h = direct + mixed, Lval(W', A), the direct term grad_A Lval(W', A)
+    and the mixed (second-order) term [d^2 Ltr/dA dW] . u (zeros for method "first_order")."""
+    hypergrad: Tensors
+    val_loss: Tensor
+    direct: Tensors
+    mixed: Tensors
 
 
 def resolve_inner_update(lr: Optional[float], inner_update: Optional[InnerUpdate]) -> InnerUpdate:
@@ -44,8 +53,8 @@ def resolve_inner_update(lr: Optional[float], inner_update: Optional[InnerUpdate
 def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hparams: Tensors,
                        train_grads: Tensors, *, lr: Optional[float] = None, method: str, fd_radius: float = 0.01,
                        rng_state: Optional[RngState] = None, val_only_hparams: Sequence[Tensor] = (),
-                       inner_update: Optional[InnerUpdate] = None) -> tuple[Tensors, Tensor]:
-    """Return (h, Lval(W', A)) for one inner step W' = U(W, train_grads): the SGD step W - lr * train_grads, or
+                       inner_update: Optional[InnerUpdate] = None) -> OneStepHypergrad:
+    """Return (h, Lval(W', A), direct term, mixed term) for one inner step W' = U(W, train_grads): the SGD step W - lr * train_grads, or
     ``inner_update`` (e.g. :class:`~hypergrad.AdamWUpdate`); h = grad_A Lval(W', A) + [d^2 Ltr/dA dW] . u with
     u = (dW'/dg)^T grad_W Lval(W', A) (see the module docstring).
 
@@ -62,7 +71,8 @@ def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hp
     lookahead = tuple(w.requires_grad_(method != "first_order") for w in update.lookahead(params, train_grads))
     val = check_scalar_loss("val_loss", val_loss(lookahead, hparams))
     if method == "first_order":
-        h = grad_or_zeros(val, hparams)
+        direct = grad_or_zeros(val, hparams)
+        mixed = zeros_like(direct)
     else:
         grads = grad_or_zeros(val, lookahead + hparams)
         v, direct = grads[:len(params)], grads[len(params):]
@@ -72,9 +82,9 @@ def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hp
         else:
             mixed = mixed_vp_fd(train_loss, params, hparams, u, radius=fd_radius, rng_state=rng_state,
                                 val_only_hparams=val_only_hparams)
-        h = tuple(d + m for d, m in zip(direct, mixed))
+    h = tuple(d + m for d, m in zip(direct, mixed))
     check_finite("hypergradient", h)
-    return detached(h), val.detach()
+    return OneStepHypergrad(detached(h), val.detach(), detached(direct), detached(mixed))
 
 
 def sgd_steps(train_loss: LossFn, params: Tensors, hparams: Tensors, *, lr: float, steps: int,
@@ -140,6 +150,5 @@ def unrolled_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Sequence[Te
     loss = check_scalar_loss("train_loss", train_loss(start, hparams))
     train_grads = training_gradients(loss, start, hparams, create_graph=method == "exact",
                                      val_only_hparams=val_only_hparams)
-    h, _ = one_step_hypergrad(train_loss, val_loss, start, hparams, train_grads, method=method, fd_radius=fd_radius,
-                              rng_state=rng_state, val_only_hparams=val_only_hparams, inner_update=update)
-    return h
+    return one_step_hypergrad(train_loss, val_loss, start, hparams, train_grads, method=method, fd_radius=fd_radius,
+                              rng_state=rng_state, val_only_hparams=val_only_hparams, inner_update=update).hypergrad

@@ -23,7 +23,7 @@ class RecordingSGD(torch.optim.SGD):
         return super().step(closure)
 
 
-def _object_api(problem, method, inner_lr=0.3, meta_every=1, unused=None):
+def _object_api(problem, method, inner_lr=0.3, meta_every=1, unused=None, warmup_steps=0):
     model = problem.module()
     inner = RecordingSGD(model.weights(), lr=inner_lr)
     outer = RecordingSGD(model.gates() + ([unused] if unused is not None else []), lr=1.0)
@@ -31,7 +31,7 @@ def _object_api(problem, method, inner_lr=0.3, meta_every=1, unused=None):
         model, inner, outer,
         lambda m, batch: problem.fit(m.weights(), m.gates(), batch) + problem.regulariser(m.weights(), m.gates()),
         lambda m, batch: problem.fit(m.weights(), m.gates(), batch), method=method, meta_every=meta_every,
-        val_only_hparams=[] if unused is None else [unused])
+        val_only_hparams=[] if unused is None else [unused], warmup_steps=warmup_steps)
     return model, inner, outer, opt
 
 
@@ -122,6 +122,36 @@ def test_meta_every_spaces_the_meta_steps(gated_problem):
         opt.step(problem.train_batch)
         opt.step(problem.train_batch)
         opt.step(problem.train_batch)
+
+
+@pytest.mark.parametrize("meta_every, expected", [(1, [False, False, True, True, True]),
+                                                   (2, [False, False, False, True, False])])
+def test_warmup_steps_train_the_weights_alone_first(gated_problem, meta_every, expected):
+    problem = gated_problem()
+    model, inner, outer, opt = _object_api(problem, "exact", meta_every=meta_every, warmup_steps=2)
+    flags = [opt.step(problem.train_batch, problem.val_batch)["meta_step"] for _ in range(5)]
+    assert flags == expected
+    assert len(inner.seen) == 5 and len(outer.seen) == sum(expected)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        _object_api(problem, "exact", warmup_steps=-1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_reports_the_direct_and_mixed_terms_and_keeps_h(gated_problem, method):
+    """direct = grad_A Lval(W', A) with W' held constant (the first-order oracle), mixed = h - direct."""
+    problem = gated_problem()
+    model, inner, outer, opt = _object_api(problem, method)
+    opt.fd_radius = 1e-4
+    stats = opt.step(problem.train_batch, problem.val_batch)
+    h = _explicit_one_step(problem, 0.3, method)
+    direct = _explicit_one_step(problem, 0.3, "first_order")
+    norm = lambda ts: torch.sqrt(sum(t.pow(2).sum() for t in ts)).item()
+    assert stats["direct_norm"] == pytest.approx(norm(direct), rel=1e-12)
+    mixed = norm([a - b for a, b in zip(h, direct)])
+    assert stats["mixed_norm"] == pytest.approx(mixed, rel=TOLERANCES[method], abs=1e-15)
+    assert (stats["mixed_norm"] > 1e-3 * stats["direct_norm"]) == (method != "first_order")
+    for got, want in zip(opt.last_hypergrad, outer.seen[0]):
+        assert torch.equal(got, want)
 
 
 def test_finite_difference_passes_run_in_full_precision_under_autocast(gated_problem):

@@ -27,7 +27,7 @@ def test_exact_one_step_refuses_training_gradients_without_graph():
     with pytest.raises(ValueError, match="create_graph=True"):
         hypergrad.one_step_hypergrad(train, val, (w,), (a,), flat, lr=0.1, method="exact")
     graphed = torch.autograd.grad(train([w], [a]), [w], create_graph=True)
-    (h,), _ = hypergrad.one_step_hypergrad(train, val, (w,), (a,), graphed, lr=0.1, method="exact")
+    (h,), *_ = hypergrad.one_step_hypergrad(train, val, (w,), (a,), graphed, lr=0.1, method="exact")
     w_next = 0.7 - 0.1 * (2 * 0.7 - 2 * 1.6)
     assert h.item() == pytest.approx(w_next - 2 + 2 * 0.1 * 1.6, rel=1e-12)  # -0.8, not the first-order -1.12
 
