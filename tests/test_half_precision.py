@@ -10,9 +10,9 @@ import copy
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import hypergrad
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 from autolora import AutoLoRAConfig, get_autolora_model
 from autolora.model import adapter_branches, lora_parameters, selection_parameters
 from autolora.rank_search import search
@@ -94,8 +94,8 @@ def search_recording_gradients(model, **options):
         handle.remove()
 
 
-def flat(gradients):
-    return torch.cat([g.flatten() for g in gradients.values()])
+def flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
 
 
 @pytest.mark.parametrize("selection", ["softmax", "none"])
@@ -113,9 +113,10 @@ def test_search_step_on_bf16_model_matches_float32_reference_and_moves_the_logit
     expected, (g_ref, h_ref) = search_recording_gradients(reference, **options)
     for losses in ("train_losses", "val_losses"):
         torch.testing.assert_close(getattr(result, losses), getattr(expected, losses), rtol=MODEL_ROUNDING, atol=0)
+    assert all(name.endswith(".beta") for name in h) and not any(name.endswith(".beta") for name in g)
     for got, want in ((g, g_ref), (h, h_ref)):
         assert got.keys() == want.keys()
-        assert (flat(got) - flat(want)).norm() <= MODEL_ROUNDING * flat(want).norm()
+        assert (flat(got.values()) - flat(want.values())).norm() <= MODEL_ROUNDING * flat(want.values()).norm()
     if selection == "none":
         assert torch.tensor(1.0 - lr, dtype=torch.bfloat16) == 1.0
     for beta, beta_0, grad in zip(selection_parameters(model), start, h.values()):
@@ -139,9 +140,9 @@ def batch_of(dataset, rows):
     return {key: torch.tensor(dataset[rows][key]) for key in ("input_ids", "attention_mask", "labels")}
 
 
-def mixed_term_problem(radius=0.01):
+def mixed_term_problem():
     """The bf16 model's LoRA factors W, logits beta, Ltr, grad_W Ltr (with graph), v = grad_W Lval(W - eta g) and
-    the finite-difference step e = radius / ||v|| of mixed_vp_fd."""
+    the finite-difference step e = 0.01 / ||v|| of mixed_vp_fd with its default radius."""
     model, _ = bf16_model_and_float32_reference()
     dataset = synthetic_dataset()
     weights, betas = lora_parameters(model), selection_parameters(model)
@@ -150,7 +151,7 @@ def mixed_term_problem(radius=0.01):
     grads = torch.autograd.grad(train_loss(weights, betas), weights, create_graph=True)
     lookahead = [(w - 1e-3 * g).detach().requires_grad_() for w, g in zip(weights, grads)]
     v = torch.autograd.grad(val_loss(lookahead, betas), lookahead)
-    return weights, betas, train_loss, grads, v, radius / torch.cat([t.flatten() for t in v]).norm()
+    return weights, betas, train_loss, grads, v, 0.01 / flat(v).norm()
 
 
 def test_finite_difference_perturbation_of_the_factors_is_exact_to_float32_rounding():
@@ -176,12 +177,11 @@ def test_finite_difference_mixed_term_agrees_with_exact_on_bf16_model(radius):
     O(r^2) truncation (at most 0.25 r^2 relative on the float32 model; 0.5 r^2 allowed). The rounding term falls as
     1/r: about 40% of the mixed term at the default r = 0.01, 4% at r = 0.1. A cosine >= sqrt(1 - rho^2) follows
     from a relative error rho."""
-    weights, betas, train_loss, grads, v, _ = mixed_term_problem(radius)
-    exact = torch.cat([m.flatten() for m in hypergrad.mixed_vp(grads, betas, v)])
-    fd = torch.cat([m.flatten() for m in hypergrad.mixed_vp_fd(train_loss, weights, betas, v, radius=radius)])
-    grad_beta = torch.cat([g.flatten() for g in torch.autograd.grad(train_loss(weights, betas), betas)])
-    v_norm = torch.cat([t.flatten() for t in v]).norm()
-    rho = (4 * BF16_UNIT_ROUNDOFF * grad_beta.norm() * v_norm / radius) / exact.norm() + 0.5 * radius ** 2
+    weights, betas, train_loss, grads, v, _ = mixed_term_problem()
+    exact = flat(hypergrad.mixed_vp(grads, betas, v))
+    fd = flat(hypergrad.mixed_vp_fd(train_loss, weights, betas, v, radius=radius))
+    grad_beta = flat(torch.autograd.grad(train_loss(weights, betas), betas))
+    rho = (4 * BF16_UNIT_ROUNDOFF * grad_beta.norm() * flat(v).norm() / radius) / exact.norm() + 0.5 * radius ** 2
     assert rho < 0.5  # the bound says something
     assert (fd - exact).norm() <= rho * exact.norm()
     assert torch.nn.functional.cosine_similarity(exact, fd, dim=0) >= (1 - rho ** 2) ** 0.5
