@@ -188,8 +188,8 @@ def rounding_case(dtype):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_cuda_half_precision_output_is_rounded_once(dtype):
-    """y = x W^T + s ((x A^T) alpha) B^T is accumulated in float32 and rounded once to float16/bfloat16 (the rank-r term,
-    1% of y, is rounded once on its own)."""
+    """y = x W^T + s ((x A^T) alpha) B^T is accumulated in float32 and rounded once to float16/bfloat16 (the rank-r
+    term, 1% of y, is rounded once on its own)."""
     operands = rounding_case(dtype)
     exact = oracle(*float64_leaves(operands))
     lora_only = oracle(operands[0].double(), torch.zeros_like(operands[1], dtype=torch.float64),
@@ -200,7 +200,8 @@ def test_cuda_half_precision_output_is_rounded_once(dtype):
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_cuda_half_precision_input_gradient_is_rounded_once(dtype):
-    """grad_x = G W + dU A, dU = s alpha (G B), accumulated in float32 and rounded once (dU A rounded once on its own)."""
+    """grad_x = G W + dU A, dU = s alpha (G B), accumulated in float32 and rounded once (dU A is rounded once on its
+    own)."""
     operands = rounding_case(dtype)
     x = operands[0].clone().requires_grad_()
     grad_y = torch.randn(512, 48, device=DEVICE, dtype=torch.float64).to(dtype)

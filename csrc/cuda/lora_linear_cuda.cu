@@ -47,7 +47,8 @@ constexpr int64_t kMaxGridX = std::numeric_limits<int32_t>::max();
 constexpr int64_t kMaxGridY = 65535;
 
 // out[n, j] = s * scale_j * sum_i x[n, i] m[j, i]   (scale == nullptr means scale_j = 1).
-// x (rows x cols) and m (rank x cols) are contiguous: lane i of a warp reads x[n, i] and m[j, i], consecutive addresses.
+// x (rows x cols) and m (rank x cols) are contiguous: lane i of a warp reads x[n, i] and m[j, i] (consecutive
+// addresses across the warp).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kShrinkThreads)
 shrink_kernel(const scalar_t* __restrict__ x, int64_t rows, int64_t cols, const scalar_t* __restrict__ m,
