@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: setup setup-real demo test cuda-objects bench
+.PHONY: setup setup-real demo test cuda-objects bench gpu-check
 
 setup:
 	$(PIP) install torch==2.13.0
@@ -28,3 +28,9 @@ cuda-objects:
 
 bench: setup
 	$(PYTHON) -m pytest bench -q --benchmark-enable
+
+# One-command CUDA validation on a GPU machine (bench/gpu_check.sh): in-place build with the CUDA kernel, CUDA tests,
+# compute-sanitizer, op and meta-step benchmarks; one summary in $GPU_CHECK_OUT (default runs/gpu_check). Without
+# CUDA it skips what needs CUDA and says so. No install step: it uses the machine's own torch.
+gpu-check:
+	PYTHON=$(PYTHON) bash bench/gpu_check.sh
