@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -27,8 +27,25 @@ from .rank_search import METHODS, SearchResult, search
 
 logger = logging.getLogger("autolora")
 
+USAGE_ERROR = 2  # argparse's exit status for usage errors; every input error exits with it
 SELECTIONS = ("softmax", "sigmoid", "none")
+# Files from_pretrained reads the weights from (safetensors or PyTorch pickle, single file or sharded).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 PLOT_THRESHOLDS = {"softmax": None, "sigmoid": 0.5, "none": "mean"}  # the readout thresholds of autolora.selection
+
+
+def fail(message: str) -> NoReturn:
+    """Exit with status 2 and the one line ``autolora: error: <message>`` on stderr."""
+    print(f"autolora: error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr, like every other input error (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
 
 
 def default_model_dir() -> str | None:
@@ -104,7 +121,7 @@ def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: b
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autolora", description="AutoLoRA: per-layer LoRA ranks by meta learning.")
+    parser = ArgumentParser(prog="autolora", description="AutoLoRA: per-layer LoRA ranks by meta learning.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "search, retrain, evaluate and export"), ("search", "search the ranks"),
                             ("retrain", "retrain with searched ranks and export the adapter"),
@@ -180,10 +197,16 @@ def load_task(args: argparse.Namespace, tokenizer) -> TaskData:
 
 
 def check_model_location(name: str) -> None:
-    """A value that names a path must be an existing directory (anything else is taken as a hub name)."""
+    """A value that names a path must be an existing directory holding a model (``config.json`` and one of
+    ``WEIGHT_FILES``); anything else is taken as a hub name."""
     looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
     if looks_like_path and not os.path.isdir(name):
         raise FileNotFoundError(f"model directory {name} does not exist")
+    if os.path.isdir(name):
+        present = set(os.listdir(name))
+        if "config.json" not in present or not present & set(WEIGHT_FILES):
+            raise FileNotFoundError(f"model directory {name} holds no model: it needs config.json and the weights "
+                                    f"({' or '.join(WEIGHT_FILES)}), as save_pretrained writes them")
 
 
 def load_tokenizer(args: argparse.Namespace):
@@ -391,8 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(130)
     except (ValueError, TypeError, OSError, ImportError, ArithmeticError) as err:  # bad input, with its message
         logger.debug("error details", exc_info=True)
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SystemExit(f"autolora: error: {message}")
+        fail(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
 
 if __name__ == "__main__":

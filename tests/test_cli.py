@@ -317,39 +317,63 @@ def test_search_then_retrain_then_evaluate_subcommands(workspace, runs, tmp_path
     assert config["rank_pattern"] == custom
 
 
-def run_expecting_error(argv, capsys):
+def replace(argv, old, new):
+    return [new if a == old else a for a in argv]
+
+
+def tokenizer_only_dir(workspace, tmp_path):
+    """A directory holding a tokenizer but no model (no config.json, no weights)."""
+    folder = tmp_path / "tokenizer-only"
+    folder.mkdir()
+    tiny_tokenizer(folder)
+    return str(folder)
+
+
+def input_errors(workspace, tmp_path):
+    """{error class: (argv, words the message must hold)} for every class of input error."""
+    files = workspace["files"]["classification"]
+    base = cli_args(workspace, "classification", tmp_path / "out")
+    (tmp_path / "empty-dir").mkdir()
+    return {
+        "unknown flag": (base + ["--no-such-flag"], ["--no-such-flag"]),
+        "bad flag value": (replace(base, "12", "-3"), ["--max-length", "positive"]),
+        "missing flag": (["run", "--output-dir", str(tmp_path / "out"), "--train-file", files["train"]],
+                         ["--task-type"]),
+        "missing column": (replace(base, "label", "sentiment"), ["sentiment", "not found"]),
+        "unknown task": (["run", "--model", workspace["model"], "--task", "no_such_task", "--output-dir",
+                          str(tmp_path / "out")], ["unknown built-in task", "no_such_task"]),
+        "empty file": (replace(base, files["train"], write_csv(tmp_path / "empty.csv", ["text", "label"], [])),
+                       ["no examples"]),
+        "label out of range": (replace(base, files["train"], write_csv(
+            tmp_path / "negative.csv", ["text", "label"], [("good film", 1), ("bad film", -1)])), ["out of range"]),
+        "missing model directory": (replace(base, workspace["model"], str(tmp_path / "no-such-model")),
+                                    ["no-such-model", "does not exist"]),
+        "empty model directory": (replace(base, workspace["model"], str(tmp_path / "empty-dir")),
+                                  ["empty-dir", "holds no model"]),
+        "tokenizer without model": (replace(base, workspace["model"], tokenizer_only_dir(workspace, tmp_path)),
+                                    ["tokenizer-only", "holds no model", "config.json"]),
+        "no ranks file": (["retrain", "--model", workspace["model"], "--task", "rotten_tomatoes", "--output-dir",
+                           str(tmp_path / "nothing-searched")], ["ranks", "autolora search"]),
+        "resume without checkpoint": (base + ["--resume"], ["--resume", "does not exist"]),
+    }
+
+
+ERROR_CLASSES = ["unknown flag", "bad flag value", "missing flag", "missing column", "unknown task", "empty file",
+                 "label out of range", "missing model directory", "empty model directory", "tokenizer without model",
+                 "no ranks file", "resume without checkpoint"]
+
+
+@pytest.mark.parametrize("error_class", ERROR_CLASSES)
+def test_every_input_error_exits_2_with_one_line(workspace, tmp_path, capsys, error_class):
+    """argparse's usage-error status (2) for every input error, and one line on stderr that says what to fix."""
+    argv, words = input_errors(workspace, tmp_path)[error_class]
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    code = exit_info.value.code
-    assert code not in (0, None)
-    message = code if isinstance(code, str) else capsys.readouterr().err
-    assert "Traceback" not in message
-    return message
-
-
-def test_clear_errors(workspace, tmp_path, capsys):
-    files = workspace["files"]["classification"]
-    out = str(tmp_path / "err")
-    base = cli_args(workspace, "classification", out)
-    message = run_expecting_error([a if a != "label" else "sentiment" for a in base], capsys)
-    assert "sentiment" in message and "not found" in message
-    message = run_expecting_error(["run", "--model", workspace["model"], "--task", "no_such_task",
-                                   "--output-dir", out], capsys)
-    assert "unknown built-in task" in message and "no_such_task" in message
-    empty = write_csv(tmp_path / "empty.csv", ["text", "label"], [])
-    message = run_expecting_error([empty if a == files["train"] else a for a in base], capsys)
-    assert "no examples" in message
-    negative = write_csv(tmp_path / "negative.csv", ["text", "label"], [("good film", 1), ("bad film", -1)])
-    message = run_expecting_error([negative if a == files["train"] else a for a in base], capsys)
-    assert "out of range" in message
-    missing = str(tmp_path / "no-such-model")
-    message = run_expecting_error([missing if a == workspace["model"] else a for a in base], capsys)
-    assert "no-such-model" in message and "does not exist" in message
-    message = run_expecting_error(["run", "--output-dir", out, "--train-file", files["train"]], capsys)
-    assert "--task-type" in message
-    message = run_expecting_error(["retrain", "--model", workspace["model"], "--task", "rotten_tomatoes",
-                                   "--output-dir", str(tmp_path / "nothing-searched")], capsys)
-    assert "ranks" in message
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith("autolora: error: "), stderr
+    assert all(word in stderr for word in words), stderr
 
 
 def test_predict_keeps_first_subtokens_and_matches_the_logits():
