@@ -1,23 +1,33 @@
-"""AutoLoRA rank search, paper Algorithm 1.
+"""AutoLoRA rank search: paper Algorithm 1, the settings that decide whether it learns, and its diagnostics.
 
-The training set is split 1:1 into D_tr and D_val (paper §5.2). Each step:
+The training set is split 1:1 into D_tr and D_val (paper §5.2). Each of ``steps`` steps:
 
-1. W <- AdamW step on grad_W Ltr(W, beta)                                   (LoRA factors + task head, on D_tr)
-2. beta <- AdamW step on d/dbeta Lval(W - eta grad_W Ltr(W, beta), beta)   (selection logits, on D_val)
+1. W <- inner step (AdamW) on g = grad_W Ltr(W, beta) on a D_tr batch      (LoRA factors + task head)
+2. after ``warmup_steps`` steps, every ``meta_every``-th step: beta <- outer step on the hypergradient
+   h = d/dbeta Lval(W', beta) on a D_val batch, W' the lookahead of step 1 (selection logits)
 
-with the hypergradient of step 2 computed by :class:`hypergrad.BilevelOptimizer` (``method`` finite_difference,
-exact or first_order; eta defaults to the weights' learning rate, and to 0 for first_order). Afterwards the rank
-of layer l is #{j : alpha_lj >= threshold} (paper §4.4), read by :func:`autolora.ranks`.
+computed by :class:`hypergrad.BilevelOptimizer`. ``method`` picks how the mixed second-order term of h is formed
+("finite_difference" | "exact") or drops it ("first_order": h = grad_beta Lval(W', beta), W' held constant).
+``lookahead`` models step 1: "sgd" is the paper's W' = W - eta g; "adam" is the AdamW step the inner optimiser is
+about to take. ``eta=0`` is the paper's "AutoLoRA eta = 0" ablation (W' = W, h = grad_beta Lval(W, beta)).
 
-Defaults follow paper §5.1: weights lr 1e-4, selection lr 1e-3, batch 16. Weight decay (not stated in the paper) is
-0.01 on the weights and 0 on the selection logits: decay would pull beta towards 0, i.e. alpha towards uniform, and so
-bias every layer towards the full rank k.
+The validation loss is evaluated with dropout off (eval mode): it is the loss of the model as it will be used, and
+dropout noise on D_val only adds variance to h. ``val_dropout=True`` evaluates it in train mode instead. The
+training passes (including the finite-difference passes, which replay the step's random state) keep dropout.
+
+Presets (:data:`PRESETS`): "paper" is paper §5.1 (weights lr 1e-4, selection lr 1e-3, no warm-up, SGD lookahead,
+AdamW on the logits); "default" is chosen from the measurements in docs/search.md. Explicit arguments override
+the preset. Weight decay is 0.01 on the weights and 0 on the logits (decay pulls beta to 0, alpha to uniform).
+
+Afterwards the rank of layer l is #{j : alpha_lj >= threshold} (paper §4.4); :class:`SearchResult` also carries
+each component's margin and the budget readout (:mod:`autolora.readout`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -25,26 +35,78 @@ import hypergrad
 
 from .checkpoint import load_trainable_state, run_resumable, trainable_state
 from .data import split_in_two
-from .model import alphas as read_alphas, ranks as read_ranks, selection_parameters
+from .model import adapter_branches, alphas as read_alphas, ranks as read_ranks, stored_config
+from .readout import alpha_separation, budget_ranks, component_margins, separation_verdict
 from .training import batch_stream, model_loss, to_device, weight_parameters
 
-METHODS = ("finite_difference", "exact", "first_order")
+METHODS = hypergrad.UNROLLED_METHODS
+LOOKAHEADS = ("sgd", "adam")
+SELECTION_OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The learning-rate schedule of a search: weights and selection learning rates, inner steps before the first
+    meta step, the lookahead model of the inner step, and the optimiser of the selection logits."""
+    weight_lr: float
+    selection_lr: float
+    warmup_steps: int
+    lookahead: str
+    selection_optimizer: str
+
+
+PRESETS = {
+    "paper": SearchSettings(weight_lr=1e-4, selection_lr=1e-3, warmup_steps=0, lookahead="sgd",
+                            selection_optimizer="adamw"),
+    "default": SearchSettings(weight_lr=1e-4, selection_lr=1e-3, warmup_steps=0, lookahead="sgd",
+                              selection_optimizer="adamw"),
+}
 
 
 @dataclass
 class SearchResult:
     """Outcome of :func:`search`.
 
-    ranks: module name -> searched rank. alphas: module name -> final selection variables (k,).
+    ranks: module name -> rank read by the paper's per-layer threshold. alphas: module name -> final alpha (k,).
     history: {"steps": [s_0, s_1, ...], "alphas": {module name: tensor (len(steps), k)}}, alpha recorded before the
     first step (s_0 = 0), every ``record_every`` steps and after the last step.
     train_losses: Ltr per step. val_losses: Lval(W') per meta step.
+    diagnostics: per meta step "step", "val_loss", "hypergrad_norm" {module: [...]} (norm of h over the module's
+    logits), "direct_norm" and "mixed_norm" (global norms of the two terms of h); see :meth:`summary`.
+    selection: the selection mode (its threshold defines the margins).
     """
     ranks: dict[str, int]
     alphas: dict[str, torch.Tensor]
     history: dict
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
+    diagnostics: dict = field(default_factory=dict)
+    selection: str = "softmax"
+
+    def margins(self, tail: float = 0.25) -> dict[str, torch.Tensor]:
+        """Per module the margin of every component (:func:`autolora.readout.component_margins`)."""
+        return {name: component_margins(h, self.selection, tail=tail) for name, h in self.history["alphas"].items()}
+
+    def budget_ranks(self, budget: int) -> dict[str, int]:
+        """Ranks of the ``budget`` components with the largest margins, at least one per module."""
+        return budget_ranks(self.margins(), budget)
+
+    def summary(self) -> dict:
+        """Plain-type summary: ranks, per-module alpha separation and weakest margin, the verdict, the losses at
+        the start and end of the search, and the mixed term's share ||mixed|| / (||direct|| + ||mixed||)."""
+        verdict = separation_verdict(self.margins())
+        diag = self.diagnostics
+        direct, mixed = diag.get("direct_norm", []), diag.get("mixed_norm", [])
+        shares = [m / (d + m) for d, m in zip(direct, mixed) if d + m > 0]
+        return {"ranks": dict(self.ranks), "total_rank": sum(self.ranks.values()),
+                "alpha_separation": {n: alpha_separation(a, self.selection) for n, a in self.alphas.items()},
+                **verdict, "train_loss_first": _mean_of(self.train_losses[:20]),
+                "train_loss_last": _mean_of(self.train_losses[-20:]), "val_loss_last": _mean_of(self.val_losses[-20:]),
+                "mixed_share_mean": _mean_of(shares), "meta_steps": len(diag.get("step", []))}
+
+
+def _mean_of(values) -> float | None:
+    return float(sum(values) / len(values)) if values else None
 
 
 class AlphaRecorder:
@@ -72,21 +134,60 @@ class AlphaRecorder:
         self.steps, self.snapshots = list(state["steps"]), list(state["snapshots"])
 
 
-def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "finite_difference",
-           batch_size: int = 16, weight_lr: float = 1e-4, selection_lr: float = 1e-3, weight_decay: float = 0.01,
-           eta: float | None = None, meta_every: int = 1, fd_radius: float = 0.01, seed: int = 0,
-           record_every: int = 1, tokenizer=None, checkpoint_path: str | os.PathLike | None = None,
-           checkpoint_every: int = 50, resume: bool = False, callback: Callable[[int, dict], None] | None = None,
-           progress: bool = False) -> SearchResult:
+def resolve_settings(preset: str, **overrides) -> SearchSettings:
+    """The preset's settings with every override that is not None applied, checked."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    settings = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    for name in ("weight_lr", "selection_lr"):
+        value = getattr(settings, name)
+        if not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not isinstance(settings.warmup_steps, int) or settings.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {settings.warmup_steps!r}")
+    if settings.lookahead not in LOOKAHEADS:
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}, got {settings.lookahead!r}")
+    if settings.selection_optimizer not in SELECTION_OPTIMIZERS:
+        raise ValueError(f"selection_optimizer must be one of {SELECTION_OPTIMIZERS}, got "
+                         f"{settings.selection_optimizer!r}")
+    return settings
+
+
+def eval_mode_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`~autolora.training.model_loss` with the model in eval mode (no dropout), its mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model_loss(model, batch)
+    finally:
+        model.train(was_training)
+
+
+def _selection_optimizer(name: str, betas, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(betas, lr=lr)
+    return torch.optim.AdamW(betas, lr=lr, weight_decay=0.0)
+
+
+def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "default",
+           method: str = "finite_difference", weight_lr: float | None = None, selection_lr: float | None = None,
+           warmup_steps: int | None = None, lookahead: str | None = None, selection_optimizer: str | None = None,
+           eta: float | None = None, batch_size: int = 16, weight_decay: float = 0.01, meta_every: int = 1,
+           fd_radius: float = 0.01, val_dropout: bool = False, seed: int = 0, record_every: int = 1, tokenizer=None,
+           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
+           callback: Callable[[int, dict], None] | None = None, progress: bool = False) -> SearchResult:
     """Learn the selection logits of an AutoLoRA model (``get_autolora_model``) and read off per-layer ranks.
 
     ``train_dataset`` is the whole training set; it is split 1:1 into D_tr/D_val with ``seed``; D_tr batches are
-    drawn by ``make_loader(..., seed=seed)``, D_val batches with ``seed + 1``. ``eta`` is the unrolled step size
-    (None: ``weight_lr``, or 0 for ``method="first_order"``: the paper's "eta = 0" ablation,
-    h = dLval(W, beta)/dbeta). A fresh search seeds torch's global RNG (dropout) with ``seed``. With
-    ``checkpoint_path`` the search checkpoints every ``checkpoint_every`` steps and on Ctrl-C, and ``resume=True``
-    continues to the identical result.
+    drawn with ``seed``, D_val batches with ``seed + 1``, dropout from ``seed`` (the caller's random state is left
+    untouched). ``preset`` gives ``weight_lr``, ``selection_lr``, ``warmup_steps``, ``lookahead`` and
+    ``selection_optimizer`` unless they are passed. ``eta`` is the SGD lookahead's step size (None: the weights'
+    learning rate; 0: the paper's eta = 0 ablation; with ``lookahead="adam"`` it replaces the Adam step's lr).
+    With ``checkpoint_path`` the search checkpoints every ``checkpoint_every`` steps and on Ctrl-C, and
+    ``resume=True`` continues to the identical result.
     """
+    settings = resolve_settings(preset, weight_lr=weight_lr, selection_lr=selection_lr, warmup_steps=warmup_steps,
+                                lookahead=lookahead, selection_optimizer=selection_optimizer)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if steps < 0:
@@ -94,24 +195,27 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
     for name, value in (("batch_size", batch_size), ("meta_every", meta_every), ("record_every", record_every)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    betas = list(selection_parameters(model))
-    if not betas:
+    branches = {name: b for name, b in adapter_branches(model).items() if b.beta is not None}
+    if not branches:
         raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
                          "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
+    betas = [b.beta for b in branches.values()]
     weights = weight_parameters(model)
     d_tr, d_val = split_in_two(train_dataset, seed)
     device = next(model.parameters()).device
     train_stream = batch_stream(model, d_tr, batch_size, seed=seed, tokenizer=tokenizer)
     val_stream = batch_stream(model, d_val, batch_size, seed=seed + 1, tokenizer=tokenizer)
-    inner = torch.optim.AdamW(weights, lr=weight_lr, weight_decay=weight_decay)
-    outer = torch.optim.AdamW(betas, lr=selection_lr, weight_decay=0.0)
-    if eta is None:
-        eta = 0.0 if method == "first_order" else weight_lr
-    bilevel = hypergrad.BilevelOptimizer(model, inner, outer, model_loss, model_loss, method=method, lr=eta,
-                                         fd_radius=fd_radius, meta_every=meta_every)
+    inner = torch.optim.AdamW(weights, lr=settings.weight_lr, weight_decay=weight_decay)
+    outer = _selection_optimizer(settings.selection_optimizer, betas, settings.selection_lr)
+    bilevel = hypergrad.BilevelOptimizer(model, inner, outer, model_loss,
+                                         model_loss if val_dropout else eval_mode_loss, method=method, lr=eta,
+                                         fd_radius=fd_radius, meta_every=meta_every, lookahead=settings.lookahead,
+                                         warmup_steps=settings.warmup_steps)
     recorder = AlphaRecorder()
     train_losses: list[float] = []
     val_losses: list[float] = []
+    diagnostics = {"step": [], "val_loss": [], "direct_norm": [], "mixed_norm": [],
+                   "hypergrad_norm": {name: [] for name in branches}}
 
     def step(t: int) -> dict:
         model.train()
@@ -119,15 +223,21 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
         train_losses.append(stats["train_loss"])
         if stats["meta_step"]:
             val_losses.append(stats["val_loss"])
+            diagnostics["step"].append(t + 1)
+            diagnostics["val_loss"].append(stats["val_loss"])
+            diagnostics["direct_norm"].append(stats["direct_norm"])
+            diagnostics["mixed_norm"].append(stats["mixed_norm"])
+            for name, h in zip(branches, bilevel.last_hypergrad):
+                diagnostics["hypergrad_norm"][name].append(float(h.norm()))
         if (t + 1) % record_every == 0 or t + 1 == steps:
             recorder.record(t + 1, model)
-        return stats
+        return {k: v for k, v in stats.items() if not isinstance(v, (list, tuple))}
 
     def get_state() -> dict:
         return {"trainable": trainable_state(model), "bilevel": bilevel.state_dict(),
                 "train_stream": train_stream.state_dict(), "val_stream": val_stream.state_dict(),
                 "recorder": recorder.state_dict(), "train_losses": list(train_losses),
-                "val_losses": list(val_losses)}
+                "val_losses": list(val_losses), "diagnostics": diagnostics}
 
     def set_state(state: dict) -> None:
         load_trainable_state(model, state["trainable"])
@@ -137,6 +247,8 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
         recorder.load_state_dict(state["recorder"])
         train_losses[:] = state["train_losses"]
         val_losses[:] = state["val_losses"]
+        diagnostics.clear()
+        diagnostics.update(state["diagnostics"])
 
     if not resume:
         recorder.record(0, model)
@@ -144,4 +256,5 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, method: str = "
                   checkpoint_every=checkpoint_every, resume=resume, callback=callback, progress=progress,
                   description="search")
     return SearchResult(ranks=read_ranks(model), alphas={n: a.detach().cpu() for n, a in read_alphas(model).items()},
-                        history=recorder.as_history(), train_losses=train_losses, val_losses=val_losses)
+                        history=recorder.as_history(), train_losses=train_losses, val_losses=val_losses,
+                        diagnostics=diagnostics, selection=stored_config(model).selection)

@@ -61,41 +61,71 @@ def test_selection_lr_zero_keeps_logits_and_full_rank():
     assert all(not torch.equal(b.lora_B, torch.zeros_like(b.lora_B)) for b in adapter_branches(model).values())
 
 
-def test_first_step_is_adamw_on_the_validation_hypergradient():
-    """One search step (method exact) moves beta by AdamW's first step on h = dLval(W - eta g, beta)/dbeta computed
-    on the first D_val batch, and W by AdamW's first step on grad_W Ltr of the first D_tr batch."""
-    seed, batch_size, weight_lr, selection_lr, eps = 3, 4, 1e-2, 1e-2, 1e-8
-    dataset = synthetic_dataset()
+def first_step_setup(seed=3, batch_size=4):
+    """A float64 tiny BERT without dropout, non-zero B (every term of h non-trivial), and the first D_tr / D_val
+    batches a search with ``seed`` draws."""
     base = tiny_bert(num_labels=3).double()  # float64: AdamW's first step g / (|g| + eps) amplifies rounding of tiny g
     base.set_attn_implementation("eager")  # SDPA's CPU kernel has no double backward, which "exact" needs
     model = without_dropout(get_autolora_model(base, AutoLoRAConfig(max_rank=K)))
-    with torch.no_grad():  # non-zero B so that every term of the hypergradient is non-trivial
+    with torch.no_grad():
         for branch in adapter_branches(model).values():
             branch.lora_B.normal_(generator=torch.Generator().manual_seed(5))
-    weights, betas = weight_parameters(model), selection_parameters(model)
-    w0, beta0 = [w.detach().clone() for w in weights], [b.detach().clone() for b in betas]
-    d_tr, d_val = split_in_two(dataset, seed)
+    d_tr, d_val = split_in_two(synthetic_dataset(), seed)
     train_batch = next(iter(make_loader(d_tr, batch_size, shuffle=True, seed=seed)))
     val_batch = next(iter(make_loader(d_val, batch_size, shuffle=True, seed=seed + 1)))
+    return model, train_batch, val_batch
 
-    def at(batch):
-        return lambda w, b: torch.func.functional_call(
-            model, {**dict(zip(names(weights), w)), **dict(zip(names(betas), b))}, args=(), kwargs=batch).loss
 
-    def names(tensors):
-        by_id = {id(p): n for n, p in model.named_parameters()}
-        return [by_id[id(t)] for t in tensors]
+def explicit_hypergrad(model, weights, betas, train_batch, val_batch, eta):
+    """Oracle written without hypergrad: float64 autograd through the explicit update W' = W - eta grad_W Ltr(W, beta)
+    (differentiable in beta), h = d Lval(W', beta) / d beta with the validation pass in eval mode."""
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    w = [p.detach().clone().requires_grad_() for p in weights]
+    b = [p.detach().clone().requires_grad_() for p in betas]
 
-    h = hypergrad.unrolled_hypergrad(at(train_batch), at(val_batch), weights, betas, lr=weight_lr, method="exact")
-    g = torch.autograd.grad(model_loss(model, train_batch), weights)
+    def loss(ws, batch):
+        params = {**{by_id[id(p)]: x for p, x in zip(weights, ws)}, **{by_id[id(p)]: x for p, x in zip(betas, b)}}
+        return torch.func.functional_call(model, params, args=(), kwargs=batch).loss
+
+    g = torch.autograd.grad(loss(w, train_batch), w, create_graph=True)
     model.eval()
-    search(model, dataset, steps=1, method="exact", batch_size=batch_size, weight_lr=weight_lr,
-           selection_lr=selection_lr, weight_decay=0.0, seed=seed)
+    h = torch.autograd.grad(loss([x - eta * gx for x, gx in zip(w, g)], val_batch), b)
+    model.train()
+    return h, torch.autograd.grad(loss(w, train_batch), w)
+
+
+@pytest.mark.parametrize("eta", [None, 0.0])
+def test_first_step_is_adamw_on_the_validation_hypergradient(eta):
+    """One search step (method exact, SGD lookahead) moves beta by AdamW's first step on h = dLval(W - eta g, beta)/
+    dbeta on the first D_val batch (eta = weight lr, or 0: the paper's ablation, h = dLval(W, beta)/dbeta), and W
+    by AdamW's first step on grad_W Ltr of the first D_tr batch."""
+    seed, batch_size, weight_lr, selection_lr, eps = 3, 4, 1e-2, 1e-2, 1e-8
+    model, train_batch, val_batch = first_step_setup(seed, batch_size)
+    weights, betas = weight_parameters(model), selection_parameters(model)
+    w0, beta0 = [w.detach().clone() for w in weights], [b.detach().clone() for b in betas]
+    h, g = explicit_hypergrad(model, weights, betas, train_batch, val_batch, weight_lr if eta is None else eta)
+    search(model, synthetic_dataset(), steps=1, method="exact", batch_size=batch_size, weight_lr=weight_lr,
+           selection_lr=selection_lr, weight_decay=0.0, seed=seed, warmup_steps=0, lookahead="sgd",
+           selection_optimizer="adamw", eta=eta)
+    assert any(grad.abs().max() > 1e-4 for grad in h)
     for beta, start, grad in zip(betas, beta0, h):
         torch.testing.assert_close(beta.detach(), start - selection_lr * grad / (grad.abs() + eps),
                                    rtol=0, atol=1e-6)
     for w, start, grad in zip(weights, w0, g):
         torch.testing.assert_close(w.detach(), start - weight_lr * grad / (grad.abs() + eps), rtol=0, atol=1e-6)
+
+
+def test_sgd_on_the_logits_keeps_the_hypergradient_magnitude():
+    """selection_optimizer="sgd": beta <- beta - selection_lr * h, h by the oracle (no normalisation of noise)."""
+    seed, batch_size, weight_lr, selection_lr = 3, 4, 1e-2, 10.0
+    model, train_batch, val_batch = first_step_setup(seed, batch_size)
+    weights, betas = weight_parameters(model), selection_parameters(model)
+    beta0 = [b.detach().clone() for b in betas]
+    h, _ = explicit_hypergrad(model, weights, betas, train_batch, val_batch, weight_lr)
+    search(model, synthetic_dataset(), steps=1, method="exact", batch_size=batch_size, weight_lr=weight_lr,
+           selection_lr=selection_lr, seed=seed, warmup_steps=0, lookahead="sgd", selection_optimizer="sgd")
+    for beta, start, grad in zip(betas, beta0, h):
+        torch.testing.assert_close(beta.detach(), start - selection_lr * grad, rtol=0, atol=1e-10)
 
 
 def test_history_ranks_and_alphas_are_consistent():
@@ -113,7 +143,80 @@ def test_history_ranks_and_alphas_are_consistent():
         assert torch.equal(record[-1], result.alphas[name])
         assert 1 <= result.ranks[name] <= K
         assert result.ranks[name] == rank_from_alpha(result.alphas[name], "softmax")
-    assert len(set(result.ranks.values())) > 1 or min(result.ranks.values()) < K
+
+
+def test_validation_pass_runs_without_dropout_unless_asked():
+    """The recorded Lval(W') is the eval-mode loss at the lookahead (dropout off); val_dropout=True draws dropout."""
+    seed, batch_size, weight_lr = 3, 4, 1e-2
+    losses = {}
+    for val_dropout in (False, True):
+        model, train_batch, val_batch = first_step_setup(seed, batch_size)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.5
+        weights = weight_parameters(model)
+        g = torch.autograd.grad(model_loss(model.eval(), train_batch), weights)  # dropout off: eval-mode gradient
+        before = [w.detach().clone() for w in weights]
+        with torch.no_grad():
+            for w, gw in zip(weights, g):
+                w.sub_(weight_lr * gw)
+            expected = model_loss(model.eval(), val_batch).item()
+            for w, b in zip(weights, before):
+                w.copy_(b)
+        result = search(model, synthetic_dataset(), steps=1, batch_size=batch_size, weight_lr=weight_lr, seed=seed,
+                        val_dropout=val_dropout, warmup_steps=0, lookahead="sgd", method="first_order")
+        losses[val_dropout] = (result.val_losses[0], expected)
+    # W' = W - eta g with g drawn under training dropout, so the eval-mode loss at W' differs from ``expected``
+    # (computed with the eval-mode g) only by O(eta |g_train - g_eval|); with dropout in the validation pass the
+    # loss is that of randomly thinned networks, far from it.
+    got, expected = losses[False]
+    assert abs(got - expected) < 0.05 * abs(expected)
+    noisy, _ = losses[True]
+    assert abs(noisy - expected) > 10 * abs(got - expected)
+
+
+def test_warmup_trains_the_weights_before_any_meta_step():
+    model = autolora_bert()
+    result = search(model, synthetic_dataset(), steps=4, batch_size=4, selection_lr=0.05, warmup_steps=3,
+                    record_every=1)
+    assert result.diagnostics["step"] == [4]
+    assert len(result.val_losses) == 1 and len(result.train_losses) == 4
+    for name, record in result.history["alphas"].items():
+        assert torch.equal(record[3], record[0]), name  # logits untouched during the 3 warm-up steps
+        assert not torch.equal(record[4], record[3]), name
+
+
+def test_diagnostics_are_consistent_with_the_search():
+    model = autolora_bert()
+    result = search(model, synthetic_dataset(), steps=5, batch_size=4, selection_lr=0.05, meta_every=2,
+                    method="exact")
+    diag = result.diagnostics
+    assert diag["step"] == [2, 4] and diag["val_loss"] == result.val_losses
+    for name, norms in diag["hypergrad_norm"].items():
+        assert len(norms) == 2 and all(n > 0 for n in norms), name
+    assert all(m > 0 for m in diag["mixed_norm"]) and all(d > 0 for d in diag["direct_norm"])
+    summary = result.summary()
+    assert summary["meta_steps"] == 2 and summary["total_rank"] == sum(result.ranks.values())
+    assert 0 < summary["mixed_share_mean"] < 1
+    assert set(summary["weakest_margin"]) == set(result.ranks)
+    for name, alpha in result.alphas.items():
+        assert summary["alpha_separation"][name] == pytest.approx(float((alpha - 1 / K).abs().max()))
+    budget = result.budget_ranks(len(result.ranks) + 3)
+    assert sum(budget.values()) == len(result.ranks) + 3 and min(budget.values()) >= 1
+
+
+def test_presets_and_overrides():
+    from autolora.rank_search import PRESETS, resolve_settings
+    paper = resolve_settings("paper")
+    assert (paper.weight_lr, paper.selection_lr, paper.warmup_steps, paper.lookahead) == (1e-4, 1e-3, 0, "sgd")
+    assert resolve_settings("paper", warmup_steps=7).warmup_steps == 7
+    assert set(PRESETS) == {"paper", "default"}
+    with pytest.raises(ValueError, match="preset"):
+        resolve_settings("fast")
+    with pytest.raises(ValueError, match="lookahead"):
+        resolve_settings("paper", lookahead="newton")
+    with pytest.raises(ValueError, match="selection_optimizer"):
+        resolve_settings("paper", selection_optimizer="lbfgs")
 
 
 RESUME_OPTIONS = dict(steps=6, batch_size=4, selection_lr=0.05, checkpoint_every=3, seed=1)
