@@ -48,14 +48,20 @@ def pad_token_id_of(model) -> int | None:
 
 def collate_padded(rows: list[dict], pad_id: int | None, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Stack a list of examples into tensors: sequence columns (token ids, masks, tag ids) become int64 and are
-    padded to the batch's longest row; scalar columns become int64, or float32 if any value is a float.
+    padded to the batch's longest row; scalar columns become int64, or float32 if any value is a float; a column
+    of equal-length float vectors (multi-output regression labels) becomes a float32 matrix.
     ``input_ids`` are padded with ``pad_id``; ValueError when they need padding and ``pad_id`` is None."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     batch = {}
     for key in rows[0]:
         values = [row[key] for row in rows]
-        if isinstance(values[0], (list, tuple)):
+        if _is_float_vector(values[0]):
+            if len({len(v) for v in values}) > 1:
+                raise ValueError(f"column {key!r} holds float vectors of different lengths; regression targets "
+                                 "must all have num_labels entries")
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        elif isinstance(values[0], (list, tuple)):
             fill = pad_id if key == "input_ids" else IGNORE_INDEX if key == "labels" else 0
             width = max(len(v) for v in values)
             if fill is None and any(len(v) < width for v in values):
@@ -68,6 +74,10 @@ def collate_padded(rows: list[dict], pad_id: int | None, *, padding_side: str = 
         else:
             raise TypeError(f"column {key!r} holds {type(values[0]).__name__} values; keep only numeric columns")
     return batch
+
+
+def _is_float_vector(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and isinstance(value[0], (float, np.floating))
 
 
 def _pad(values: list, width: int, fill, side: str) -> list:

@@ -1,0 +1,79 @@
+"""autolora.data.planted: the planted-rank teacher-student task has exactly the planted ranks and a student with
+those LoRA updates fits it exactly; float-vector labels batch as a float32 matrix."""
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from autolora.config import AutoLoRAConfig
+from autolora.data import collate_padded, make_loader
+from autolora.data.planted import plant_ranks, planted_rank_dataset
+from autolora.model import adapter_branches, get_autolora_model
+from autolora.training import model_loss
+
+PLANTED = {"bert.encoder.layer.0.attention.self.query": 0, "bert.encoder.layer.0.attention.self.value": 3,
+           "bert.encoder.layer.1.attention.self.query": 1, "bert.encoder.layer.1.attention.self.value": 5}
+
+
+def regression_bert(seed=0):
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=6, problem_type="regression",
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertForSequenceClassification(config).double().eval()
+
+
+def test_teacher_differs_from_the_base_by_updates_of_exactly_the_planted_ranks():
+    base = regression_bert()
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    teacher = plant_ranks(base, PLANTED, sigma=0.7, seed=3)
+    for name, p in base.named_parameters():
+        assert torch.equal(p, before[name]), f"the base model was modified: {name}"
+    for name, rank in PLANTED.items():
+        delta = teacher.get_submodule(name).weight - base.get_submodule(name).weight
+        singular = torch.linalg.svdvals(delta.detach())
+        torch.testing.assert_close(singular[:rank], torch.full((rank,), 0.7, dtype=torch.float64))
+        assert bool((singular[rank:] < 1e-12).all())
+    untouched = [n for n, _ in base.named_parameters() if not any(n.startswith(m) for m in PLANTED)]
+    teacher_params = dict(teacher.named_parameters())
+    assert all(torch.equal(teacher_params[n], before[n]) for n in untouched)
+
+
+def test_a_student_with_the_planted_updates_fits_the_labels_exactly():
+    base = regression_bert()
+    data = planted_rank_dataset(base, PLANTED, num_examples=40, seq_len=5, sigma=0.7, seed=3)
+    teacher = plant_ranks(base, PLANTED, sigma=0.7, seed=3)
+    student = get_autolora_model(regression_bert(), AutoLoRAConfig(max_rank=8, selection="fixed",
+                                                                    modules_to_save=[], lora_alpha=8.0))
+    with torch.no_grad():  # LoRA update B A (scaling lora_alpha / r = 1) set to the teacher's delta, rank <= 8
+        for name, branch in adapter_branches(student).items():
+            delta = teacher.get_submodule(name).weight - branch.base_layer.weight
+            u, s, vh = torch.linalg.svd(delta)
+            branch.lora_B.copy_(u[:, :8] * s[:8])
+            branch.lora_A.copy_(vh[:8])
+    batch = next(iter(make_loader(data, 40, shuffle=False, pad_token_id=0)))
+    assert batch["labels"].shape == (40, 6) and batch["labels"].dtype == torch.float32
+    assert batch["labels"].std() > 0.1
+    assert model_loss(student.float(), batch).item() < 1e-9
+    assert model_loss(regression_bert().float(), batch).item() > 1e-3  # the base model alone does not fit
+
+
+def test_planted_task_refuses_bad_input():
+    with pytest.raises(ValueError, match="problem_type='regression'"):
+        planted_rank_dataset(BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8,
+                                                                       num_hidden_layers=1, num_attention_heads=1,
+                                                                       intermediate_size=8)),
+                             {}, num_examples=2, seq_len=2, sigma=1.0)
+    with pytest.raises(ValueError, match="not modules"):
+        planted_rank_dataset(regression_bert(), {"nope": 1}, num_examples=2, seq_len=2, sigma=1.0)
+    with pytest.raises(ValueError, match="exceeds"):
+        plant_ranks(regression_bert(), {"bert.encoder.layer.0.attention.self.query": 17}, sigma=1.0)
+
+
+def test_float_vector_labels_batch_as_a_float32_matrix():
+    batch = collate_padded([{"input_ids": [3, 4], "labels": [0.5, -1.0]}, {"input_ids": [5], "labels": [2.0, 0.0]}],
+                           pad_id=0)
+    assert torch.equal(batch["labels"], torch.tensor([[0.5, -1.0], [2.0, 0.0]]))
+    assert torch.equal(batch["input_ids"], torch.tensor([[3, 4], [5, 0]]))
+    with pytest.raises(ValueError, match="different lengths"):
+        collate_padded([{"labels": [0.5, 1.0]}, {"labels": [2.0]}], pad_id=0)
