@@ -55,6 +55,8 @@ class AutoLoRAConfig:
     modules_to_save: modules trained in full and exported with the adapter (exact or suffix names); None picks
         the heads among ``DEFAULT_HEAD_NAMES`` present in the model; [] trains no module besides the adapters.
         A head tied to the input embeddings (an LM head) is refused: training it would train the embeddings.
+    autocast_adapter_dtype: LoRA factors and selection logits in float32 on a float16/bfloat16 base (default, as
+        PEFT); False keeps the base dtype (then the fused kernel runs on CUDA, at the cost of rounding small steps).
     """
 
     target_modules: Optional[Union[str, Sequence[str]]] = None
@@ -64,6 +66,7 @@ class AutoLoRAConfig:
     selection: str = "softmax"
     rank_pattern: Optional[Mapping[str, int]] = None
     modules_to_save: Optional[Sequence[str]] = None
+    autocast_adapter_dtype: bool = True
 
     def __post_init__(self):
         self.target_modules = _checked_names("target_modules", self.target_modules, allow_regex=True, allow_empty=False)
@@ -77,6 +80,8 @@ class AutoLoRAConfig:
         if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be a probability in [0, 1), got {self.lora_dropout!r}")
         check_selection_mode(self.selection)
+        if not isinstance(self.autocast_adapter_dtype, bool):
+            raise TypeError(f"autocast_adapter_dtype must be a bool, got {self.autocast_adapter_dtype!r}")
         if self.rank_pattern is not None:
             if not isinstance(self.rank_pattern, Mapping):
                 raise TypeError(f"rank_pattern must map module names to ranks, got {type(self.rank_pattern).__name__}")

@@ -62,7 +62,8 @@ def _branch_names(name, module):
 
 
 def _adapter_for(module, branch_ranks, config):
-    common = dict(lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, selection=config.selection)
+    common = dict(lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, selection=config.selection,
+                  autocast_adapter_dtype=config.autocast_adapter_dtype)
     if isinstance(module, Conv1D):
         return AutoLoRAFusedQKV(module, r_q=branch_ranks[0], r_v=branch_ranks[1], **common)
     return AutoLoRALinear(module, r=branch_ranks[0], **common)

@@ -186,3 +186,13 @@ def test_finite_difference_mixed_term_agrees_with_exact_on_bf16_model(radius):
     assert (fd - exact).norm() <= rho * exact.norm()
     assert torch.nn.functional.cosine_similarity(exact, fd, dim=0) >= (1 - rho ** 2) ** 0.5
     assert exact.dtype == fd.dtype == torch.float32
+
+
+@pytest.mark.parametrize("autocast, expected", [(True, torch.float32), (False, torch.bfloat16)])
+def test_config_flag_reaches_the_injected_layers(autocast, expected):
+    model = get_autolora_model(tiny_bert(dtype=torch.bfloat16), AutoLoRAConfig(max_rank=2,
+                                                                               autocast_adapter_dtype=autocast))
+    for branch in adapter_branches(model).values():
+        assert branch.lora_A.dtype == branch.lora_B.dtype == branch.beta.dtype == expected
+    with pytest.raises(TypeError, match="autocast_adapter_dtype"):
+        AutoLoRAConfig(autocast_adapter_dtype="yes")
