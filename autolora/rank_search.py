@@ -227,7 +227,7 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
             diagnostics["val_loss"].append(stats["val_loss"])
             diagnostics["direct_norm"].append(stats["direct_norm"])
             diagnostics["mixed_norm"].append(stats["mixed_norm"])
-            for name, h in zip(branches, bilevel.last_hypergrad):
+            for name, h in zip(branches, bilevel.last_result.hypergrad):
                 diagnostics["hypergrad_norm"][name].append(float(h.norm()))
         if (t + 1) % record_every == 0 or t + 1 == steps:
             recorder.record(t + 1, model)

@@ -51,8 +51,9 @@ def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int 
           callback: Callable[[int, dict], None] | None = None, progress: bool = False) -> TrainResult:
     """Minimise ``model(**batch).loss`` over the LoRA factors and task head with AdamW for ``steps`` steps.
 
-    Batches of ``batch_size`` are drawn from ``train_dataset`` (reshuffled every epoch from ``seed``); a fresh run
-    seeds torch's global RNG (dropout) with ``seed``. With ``checkpoint_path`` the loop is resumable (see
+    Batches of ``batch_size`` are drawn from ``train_dataset`` (reshuffled every epoch from ``seed``); the loop
+    draws dropout from its own random streams seeded with ``seed`` (restored on resume), leaving the caller's
+    global random state untouched. With ``checkpoint_path`` the loop is resumable (see
     :func:`autolora.checkpoint.run_resumable`).
     """
     if batch_size < 1:

@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 
 from .checkpoint import BatchStream
-from .data import make_loader
+from .data import make_loader, pad_token_id_of
 from .model import head_parameters, lora_parameters
 
 
@@ -32,6 +32,5 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[s
 def batch_stream(model: torch.nn.Module, dataset, batch_size: int, *, seed: int, tokenizer=None) -> BatchStream:
     """An endless, resumable stream of shuffled batches of ``dataset`` (order from ``seed``), padded with the
     tokenizer's pad id or, without a tokenizer, the model's ``config.pad_token_id``."""
-    pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None)
     return BatchStream(make_loader(dataset, batch_size, shuffle=True, seed=seed, tokenizer=tokenizer,
-                                   pad_token_id=pad_token_id))
+                                   pad_token_id=pad_token_id_of(model)))

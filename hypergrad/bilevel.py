@@ -13,7 +13,7 @@ from .inner_updates import AdamWUpdate, InnerUpdate, SGDUpdate
 from .products import training_gradients
 from .rng import capture_rng_state
 from .tensor_tuples import Tensors, global_norm
-from .unrolled import UNROLLED_METHODS, one_step_hypergrad
+from .unrolled import UNROLLED_METHODS, OneStepHypergrad, one_step_hypergrad
 
 ModelLoss = Callable[[nn.Module, Any], Tensor]
 LOOKAHEADS = ("sgd", "adam")
@@ -61,6 +61,9 @@ class BilevelOptimizer:
     weight's parameter group and optimizer state before the optimizer steps (``lr``, if given, replaces every
     group's learning rate).
 
+    The finite-difference passes run in float32: float16/bfloat16 parameters and buffers of ``model`` are replaced
+    by float32 copies for them (their difference quotient would otherwise divide each pass's rounding by 2 e).
+
     Gradients are written to ``.grad`` only for the optimizer step that consumes them and cleared after it. Buffers
     (e.g. BatchNorm statistics) are those of ``model`` in every pass.
 
@@ -92,7 +95,7 @@ class BilevelOptimizer:
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
         self.warmup_steps = warmup_steps
-        self.last_hypergrad: Optional[Tensors] = None
+        self.last_result: Optional[OneStepHypergrad] = None
         self.inner_optimizer, self.outer_optimizer = inner_optimizer, outer_optimizer
         self.num_steps = 0
         self._weights = _optimized_tensors(inner_optimizer)
@@ -119,10 +122,15 @@ class BilevelOptimizer:
         self._train_module = _BoundLoss(model, train_loss)
         self._val_module = _BoundLoss(model, val_loss)
 
-    def _loss_at(self, module: _BoundLoss, batch: Any):
-        """(W, A) -> loss_fn(model with W substituted, batch); A are the live tensors the loss already uses."""
+    def _loss_at(self, module: _BoundLoss, batch: Any, *, full_precision: bool = False):
+        """(W, A) -> loss_fn(model with W substituted, batch); A are the live tensors the loss already uses.
+
+        ``full_precision`` also substitutes float32 copies for the model's float16/bfloat16 parameters and buffers
+        (the finite-difference passes: their difference quotient divides the rounding of each pass by 2 e)."""
         def loss(weights: Tensors, hparams: Tensors) -> Tensor:
-            return functional_call(module, dict(zip(self._weight_names, weights)), (batch,))
+            substituted = _float32_copies(module, hparams) if full_precision else {}
+            substituted.update(zip(self._weight_names, weights))
+            return functional_call(module, substituted, (batch,))
         return loss
 
     def _inner_update(self) -> InnerUpdate:
@@ -140,7 +148,7 @@ class BilevelOptimizer:
 
         Returns {"train_loss": float, "meta_step": bool} and, after a meta step, "val_loss" (Lval at W'),
         "hypergrad_norm" (global 2-norm of h), "direct_norm" and "mixed_norm" (global 2-norms of its direct and
-        mixed terms); h itself is kept as :attr:`last_hypergrad` (one tensor per hyper-parameter)."""
+        mixed terms); h and its two terms are kept as :attr:`last_result` (a :class:`~hypergrad.OneStepHypergrad`)."""
         meta = self._meta_due()
         if meta and val_batch is None:
             raise ValueError("a meta step is due on this call; pass val_batch")
@@ -156,11 +164,13 @@ class BilevelOptimizer:
                                    param_names=self._weight_names, hparam_names=self._hparam_names)
         stats = {"train_loss": loss.item(), "meta_step": meta}
         if meta:
-            result = one_step_hypergrad(train_fn, self._loss_at(self._val_module, val_batch), self._weights,
+            fd_train_fn = self._loss_at(self._train_module, train_batch, full_precision=True)
+            result = one_step_hypergrad(fd_train_fn, self._loss_at(self._val_module, val_batch), self._weights,
                                                  self._hparams, grads, method=self.method, fd_radius=self.fd_radius,
                                                  rng_state=rng_state, val_only_hparams=self.val_only_hparams,
                                                  inner_update=self._inner_update())
-            hypergrads = self.last_hypergrad = result.hypergrad
+            self.last_result = result
+            hypergrads = result.hypergrad
             stats.update(val_loss=result.val_loss.item(), hypergrad_norm=global_norm(hypergrads).item(),
                          direct_norm=global_norm(result.direct).item(), mixed_norm=global_norm(result.mixed).item())
         _apply(self.inner_optimizer, self._weights, grads)
@@ -185,6 +195,15 @@ class BilevelOptimizer:
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
             raise ValueError(f"state_dict['num_steps'] must be an int >= 0, got {num_steps!r}")
         self.num_steps = num_steps
+
+
+def _float32_copies(module: nn.Module, keep: Tensors) -> dict[str, Tensor]:
+    """{name: float32 copy} of every float16/bfloat16 parameter and buffer of ``module`` except those in ``keep``
+    (the hyper-parameters, which the passes differentiate)."""
+    half = (torch.float16, torch.bfloat16)
+    kept = {id(t) for t in keep}
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    return {name: t.detach().float() for name, t in tensors if t.dtype in half and id(t) not in kept}
 
 
 def _apply(optimizer: torch.optim.Optimizer, tensors: Tensors, grads: Tensors) -> None:

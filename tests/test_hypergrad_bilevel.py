@@ -150,7 +150,7 @@ def test_step_reports_the_direct_and_mixed_terms_and_keeps_h(gated_problem, meth
     mixed = norm([a - b for a, b in zip(h, direct)])
     assert stats["mixed_norm"] == pytest.approx(mixed, rel=TOLERANCES[method], abs=1e-15)
     assert (stats["mixed_norm"] > 1e-3 * stats["direct_norm"]) == (method != "first_order")
-    for got, want in zip(opt.last_hypergrad, outer.seen[0]):
+    for got, want in zip(opt.last_result.hypergrad, outer.seen[0]):
         assert torch.equal(got, want)
 
 
