@@ -21,9 +21,10 @@ from .evaluation import evaluate
 from .export import export_peft_adapter
 from .metrics import TASK_TYPES
 from .model import get_autolora_model
-from .plots import plot_alpha_history, plot_rank_heatmap
+from .plots import plot_alpha_history, plot_rank_heatmap, plot_search_diagnostics
 from .retrain import build_retrain_model, train
-from .rank_search import METHODS, SearchResult, search
+from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, search
+from .readout import uniform_ranks
 
 logger = logging.getLogger("autolora")
 
@@ -102,12 +103,24 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("rank search")
     group.add_argument("--search-steps", type=non_negative_int, default=300)
+    group.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                       help="search settings: default (chosen from the measurements in docs/search.md) or paper "
+                            "(paper 5.1: weight lr 1e-4, selection lr 1e-3, no warm-up); the flags below override it")
     group.add_argument("--method", choices=METHODS, default="finite_difference",
-                       help="hypergradient: finite_difference (default), exact, or first_order (eta = 0)")
+                       help="mixed term of the hypergradient: finite_difference (default), exact, or first_order "
+                            "(dropped: h = grad_beta Lval(W'), the lookahead W' kept)")
     group.add_argument("--meta-every", type=positive_int, default=1, help="a meta step every N inner steps")
-    group.add_argument("--weight-lr", type=float, default=1e-4, help="AdamW lr of the LoRA weights (paper: 1e-4)")
-    group.add_argument("--selection-lr", type=float, default=1e-3, help="AdamW lr of the selection logits (1e-3)")
-    group.add_argument("--eta", type=float, help="unrolled step size (default: --weight-lr)")
+    group.add_argument("--weight-lr", type=float, help="AdamW lr of the LoRA weights (paper: 1e-4)")
+    group.add_argument("--selection-lr", type=float, help="lr of the selection logits (paper: 1e-3)")
+    group.add_argument("--warmup-steps", type=non_negative_int, help="inner steps before the first meta step")
+    group.add_argument("--lookahead", choices=LOOKAHEADS,
+                       help="model of the inner step in the hypergradient: sgd (W - eta g, paper) or adam")
+    group.add_argument("--selection-optimizer", choices=SELECTION_OPTIMIZERS, help="optimiser of the logits")
+    group.add_argument("--eta", type=float, help="step size of the sgd lookahead (default: the weights' lr); "
+                                                 "--eta 0 is the paper's 'AutoLoRA eta = 0' ablation")
+    group.add_argument("--budget", type=positive_int,
+                       help="read ranks off the N components with the largest margins over all modules (at least "
+                            "1 per module) instead of the paper's per-layer threshold")
 
 
 def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: bool) -> None:
@@ -116,6 +129,10 @@ def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: b
     length.add_argument("--retrain-steps", type=non_negative_int, default=500)
     length.add_argument("--retrain-epochs", type=float, help="instead of --retrain-steps")
     group.add_argument("--retrain-lr", type=float, default=1e-3, help="AdamW lr of the retrained LoRA weights")
+    if not with_ranks_file:
+        group.add_argument("--compare-uniform", action="store_true",
+                           help="also retrain uniform LoRA with the same total rank (same steps, lr, data, seed) "
+                                "and report both test scores")
     if with_ranks_file:
         group.add_argument("--ranks", help="ranks JSON file (default: OUTPUT_DIR/ranks.json)")
 
@@ -267,34 +284,46 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, write)
 
 
-def write_search_outputs(args: argparse.Namespace, result: SearchResult) -> None:
-    """ranks.json, alphas.safetensors (final alpha per module), alpha_history.safetensors (steps in the metadata),
-    ranks.png and alphas.png."""
+def write_search_outputs(args: argparse.Namespace, result: SearchResult, ranks: dict[str, int]) -> None:
+    """ranks.json (``ranks``: the per-layer threshold's, or the budget readout's), alphas.safetensors (final alpha
+    per module), alpha_history.safetensors (steps in the metadata), search_diagnostics.json, ranks.png, alphas.png
+    and diagnostics.png."""
     out = args.output_dir
-    write_json(os.path.join(out, "ranks.json"), result.ranks)
+    write_json(os.path.join(out, "ranks.json"), ranks)
+    summary = {**result.summary(), "ranks": ranks, "threshold_ranks": result.ranks, "budget": args.budget,
+               "margins": {n: m.tolist() for n, m in result.margins().items()},
+               "train_losses": result.train_losses, "diagnostics": result.diagnostics}
+    write_json(os.path.join(out, "search_diagnostics.json"), summary)
+    plot_search_diagnostics(result.train_losses, result.diagnostics, os.path.join(out, "diagnostics.png"))
     atomic_write(os.path.join(out, "alphas.safetensors"),
                  lambda tmp: save_file({n: a.contiguous() for n, a in result.alphas.items()}, tmp))
     atomic_write(os.path.join(out, "alpha_history.safetensors"),
                  lambda tmp: save_file({n: a.contiguous() for n, a in result.history["alphas"].items()}, tmp,
                                        metadata={"steps": json.dumps(result.history["steps"])}))
-    plot_rank_heatmap(result.ranks, os.path.join(out, "ranks.png"), max_rank=args.max_rank)
+    plot_rank_heatmap(ranks, os.path.join(out, "ranks.png"), max_rank=args.max_rank)
     plot_alpha_history(result.history, os.path.join(out, "alphas.png"), threshold=PLOT_THRESHOLDS[args.selection])
 
 
-def run_search(args: argparse.Namespace, data: TaskData, tokenizer, monitor: StepMonitor) -> dict[str, int]:
+def run_search(args: argparse.Namespace, data: TaskData, tokenizer,
+               monitor: StepMonitor) -> tuple[dict[str, int], str]:
     model = get_autolora_model(load_base_model(args, data, tokenizer, double_backward=args.method == "exact"),
                                search_config(args))
     logger.info("search: %d steps, method %s, %d training examples split 1:1 into D_tr/D_val",
                 args.search_steps, args.method, len(data.train))
     monitor.phase = "search"
-    result = search(model, data.train, steps=args.search_steps, method=args.method, batch_size=args.batch_size,
-                    weight_lr=args.weight_lr, selection_lr=args.selection_lr, eta=args.eta,
-                    meta_every=args.meta_every, seed=args.seed, tokenizer=tokenizer,
+    result = search(model, data.train, steps=args.search_steps, preset=args.preset, method=args.method,
+                    batch_size=args.batch_size, weight_lr=args.weight_lr, selection_lr=args.selection_lr,
+                    warmup_steps=args.warmup_steps, lookahead=args.lookahead,
+                    selection_optimizer=args.selection_optimizer, eta=args.eta, meta_every=args.meta_every,
+                    seed=args.seed, tokenizer=tokenizer,
                     checkpoint_path=checkpoint_file(args, "search"), checkpoint_every=args.checkpoint_every,
                     resume=resume_phase(args, "search"), callback=monitor, progress=True)
-    write_search_outputs(args, result)
-    logger.info("searched ranks: %s", json.dumps(result.ranks))
-    return result.ranks
+    ranks = result.ranks if args.budget is None else result.budget_ranks(args.budget)
+    write_search_outputs(args, result, ranks)
+    logger.info("searched ranks: %s", json.dumps(ranks))
+    verdict = result.summary()["verdict"]
+    logger.info("verdict: %s", verdict)
+    return ranks, verdict
 
 
 def retrain_steps(args: argparse.Namespace, data: TaskData) -> int:
@@ -315,30 +344,39 @@ def export_adapter(args: argparse.Namespace, model: torch.nn.Module) -> str:
 
 
 def run_retrain(args: argparse.Namespace, data: TaskData, tokenizer, ranks: dict[str, int],
-                monitor: StepMonitor) -> torch.nn.Module:
+                monitor: StepMonitor, *, phase: str = "retrain") -> torch.nn.Module:
+    """Retrain LoRA with ``ranks`` (checkpoints under ``phase``); the "retrain" phase exports the adapter."""
     model = build_retrain_model(load_base_model(args, data, tokenizer), search_config(args), ranks)
     steps = retrain_steps(args, data)
-    logger.info("retrain: %d steps on all %d training examples (D_tr and D_val)", steps, len(data.train))
-    monitor.phase = "retrain"
+    logger.info("%s: %d steps on all %d training examples (D_tr and D_val)", phase, steps, len(data.train))
+    monitor.phase = phase
     train(model, data.train, steps=steps, batch_size=args.batch_size, lr=args.retrain_lr, seed=args.seed,
-          tokenizer=tokenizer, checkpoint_path=checkpoint_file(args, "retrain"),
-          checkpoint_every=args.checkpoint_every, resume=resume_phase(args, "retrain"), callback=monitor,
+          tokenizer=tokenizer, checkpoint_path=checkpoint_file(args, phase),
+          checkpoint_every=args.checkpoint_every, resume=resume_phase(args, phase), callback=monitor,
           progress=True)
-    logger.info("adapter written to %s", export_adapter(args, model))
+    if phase == "retrain":
+        logger.info("adapter written to %s", export_adapter(args, model))
     return model
 
 
 def run_evaluation(args: argparse.Namespace, data: TaskData, tokenizer, model: torch.nn.Module) -> dict:
-    """{split: metrics} on the test split, or the validation split when there is no test split (GLUE), written to
-    OUTPUT_DIR/metrics.json. Neither split is seen by the search or the retraining."""
+    """{split: metrics} on the test split, or the validation split when there is no test split (GLUE). Neither
+    split is seen by the search or the retraining."""
     split = "test" if data.test is not None else "validation"
     dataset = getattr(data, split)
     if dataset is None:
         raise ValueError("no test or validation split to evaluate on: pass --test-file or --validation-file")
-    metrics = {split: evaluate(model, dataset, task_type=data.task_type, label_names=data.label_names,
-                               tokenizer=tokenizer, progress=True)}
-    write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
-    return metrics
+    return {split: evaluate(model, dataset, task_type=data.task_type, label_names=data.label_names,
+                            tokenizer=tokenizer, progress=True)}
+
+
+def run_uniform_comparison(args: argparse.Namespace, data: TaskData, tokenizer, ranks: dict[str, int],
+                           monitor: StepMonitor) -> dict:
+    """{"ranks": uniform ranks, split: metrics} of uniform LoRA with the searched total rank, retrained with the
+    same steps, learning rate, data and seed (:func:`autolora.readout.uniform_ranks`)."""
+    uniform = uniform_ranks(list(ranks), sum(ranks.values()), max_rank=args.max_rank)
+    model = run_retrain(args, data, tokenizer, uniform, monitor, phase="retrain_uniform")
+    return {"ranks": uniform, **run_evaluation(args, data, tokenizer, model)}
 
 
 def read_ranks_file(path: str) -> dict[str, int]:
@@ -363,16 +401,26 @@ def load_exported_model(args: argparse.Namespace, data: TaskData, tokenizer) -> 
     return PeftModel.from_pretrained(load_base_model(args, data, tokenizer), adapter)
 
 
-def report(ranks: dict[str, int] | None, metrics: dict | None, metric_names: Sequence[str]) -> None:
-    """Print the ranks and the task's metrics (``TaskData.metric_names``, its primary metric first) to stdout."""
+def report(ranks: dict[str, int] | None, metrics: dict | None, metric_names: Sequence[str],
+           verdict: str | None = None) -> None:
+    """Print the ranks, the task's metrics (``TaskData.metric_names``, its primary metric first; side by side with
+    uniform LoRA of the same total rank after --compare-uniform) and the search's verdict to stdout."""
+    metrics = dict(metrics or {})
+    uniform = metrics.pop("uniform_same_budget", None)
     if ranks is not None:
         width = max(map(len, ranks))
-        print("ranks:")
+        print("ranks:" if uniform is None else "ranks (searched, uniform at the same total):")
         for name, rank in ranks.items():
-            print(f"  {name:<{width}}  {rank}")
-    for split, values in (metrics or {}).items():
+            print(f"  {name:<{width}}  {rank}" + ("" if uniform is None else f"  {uniform['ranks'][name]}"))
+    for split, values in metrics.items():
         for name in metric_names:
-            print(f"{split} {name}: {values[name]:.4f}")
+            line = f"{split} {name}: {values[name]:.4f}"
+            if uniform is not None:
+                other = uniform[split][name]
+                line += f"  (uniform at the same total rank: {other:.4f}, difference {values[name] - other:+.4f})"
+            print(line)
+    if verdict is not None:
+        print(f"search verdict: {verdict}")
 
 
 def execute(args: argparse.Namespace) -> None:
@@ -387,15 +435,20 @@ def execute(args: argparse.Namespace) -> None:
     logger.info("task %s (%s, %d labels): %d train examples", args.task or args.train_file, data.task_type,
                 data.num_labels, len(data.train))
     monitor = StepMonitor(args.stop_after)
+    verdict = None
     if args.command in ("run", "search"):
-        ranks = run_search(args, data, tokenizer, monitor)
+        ranks, verdict = run_search(args, data, tokenizer, monitor)
     if args.command in ("run", "retrain"):
         model = run_retrain(args, data, tokenizer, ranks, monitor)
         if args.command == "run":
             metrics = run_evaluation(args, data, tokenizer, model)
+            if args.compare_uniform:
+                metrics["uniform_same_budget"] = run_uniform_comparison(args, data, tokenizer, ranks, monitor)
     if args.command == "evaluate":
         metrics = run_evaluation(args, data, tokenizer, load_exported_model(args, data, tokenizer))
-    report(ranks, metrics, data.metric_names)
+    if metrics is not None:
+        write_json(os.path.join(args.output_dir, "metrics.json"), metrics)
+    report(ranks, metrics, data.metric_names, verdict)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Figures of a rank search: the per-layer rank grid (paper Figure 3) and the selection variables over steps.
+"""Figures of a rank search: the per-layer rank grid (paper Figure 3), the selection variables over steps, and the
+search diagnostics (losses, hypergradient norms, the mixed term's share).
 
 Drawn with matplotlib's Agg backend (no display needed); each public function writes one image file.
 """
@@ -178,6 +179,37 @@ def plot_alpha_history(history, path, *, threshold: float | str | None = None) -
     arrays may be tensors, numpy arrays or nested lists. See :func:`_alpha_history_figure` for ``threshold``.
     """
     _save(_alpha_history_figure(history, threshold), path)
+
+
+def _search_diagnostics_figure(train_losses, diagnostics) -> plt.Figure:
+    """Three panels: training loss per step and validation loss at W' per meta step; the hypergradient norm of
+    each module per meta step (log scale); the mixed term's share ||mixed|| / (||direct|| + ||mixed||)."""
+    figure, (losses, norms, share) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    losses.plot(np.arange(1, len(train_losses) + 1), train_losses, linewidth=0.7, label="train (D_tr)")
+    losses.plot(diagnostics["step"], diagnostics["val_loss"], linewidth=0.7, label="validation at W' (D_val)")
+    losses.set_xlabel("search step")
+    losses.set_title("losses", fontsize=9)
+    losses.legend(fontsize=7)
+    for name, values in diagnostics["hypergrad_norm"].items():
+        layer, projection = layer_and_projection(name)
+        norms.plot(diagnostics["step"], values, linewidth=0.7, label=name if layer is None else f"{layer} {projection}")
+    norms.set_yscale("log")
+    norms.set_xlabel("search step")
+    norms.set_title("hypergradient norm per module", fontsize=9)
+    norms.legend(fontsize=6, ncol=2)
+    direct, mixed = np.asarray(diagnostics["direct_norm"]), np.asarray(diagnostics["mixed_norm"])
+    total = direct + mixed
+    share.plot(diagnostics["step"], np.divide(mixed, total, out=np.zeros_like(total), where=total > 0),
+               linewidth=0.7)
+    share.set_xlabel("search step")
+    share.set_title("mixed (second-order) share of h", fontsize=9)
+    return figure
+
+
+def plot_search_diagnostics(train_losses, diagnostics, path) -> None:
+    """Write the losses, per-module hypergradient norms and the mixed term's share over a search
+    (``SearchResult.train_losses`` and ``SearchResult.diagnostics``)."""
+    _save(_search_diagnostics_figure(train_losses, diagnostics), path)
 
 
 def _save(figure: plt.Figure, path) -> None:

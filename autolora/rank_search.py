@@ -83,7 +83,7 @@ class SearchResult:
     diagnostics: dict = field(default_factory=dict)
     selection: str = "softmax"
 
-    def margins(self, tail: float = 0.25) -> dict[str, torch.Tensor]:
+    def margins(self, tail: float = 0.5) -> dict[str, torch.Tensor]:
         """Per module the margin of every component (:func:`autolora.readout.component_margins`)."""
         return {name: component_margins(h, self.selection, tail=tail) for name, h in self.history["alphas"].items()}
 

@@ -3,15 +3,18 @@
 Margins. For component j of a module, with alpha_j(t) recorded at the n + 1 records t = 0..n of a search and
 lambda the module's readout threshold (:func:`autolora.selection.selection_threshold`),
 
-    margin_j = (alpha_j(n) - lambda(n)) / (sd_tail(delta alpha_j) * sqrt(n)),
+    margin_j = (alpha_j(n) - lambda(n)) / (sd_tail(delta_L alpha_j) * sqrt(n / L)),
 
-where sd_tail(delta alpha_j) is the standard deviation of the record-to-record increments of alpha_j over the last
-``tail`` fraction of the search. The denominator is how far alpha_j would have travelled in n records had it been a
-pure random walk with the increments it shows at the end, so |margin| is a z-score of the distance from the
-threshold against the search's own noise: a component that drifts steadily has a large margin, one that wanders
-(AdamW on the logits turns noisy hypergradients into full-size random moves) has |margin| of order 1 whatever its
-distance from the threshold. Margins are clipped to +-``MARGIN_CLIP`` (a component that stopped moving entirely has
-zero increments).
+where delta_L alpha_j are the increments of alpha_j over consecutive blocks of L records within the last ``tail``
+fraction of the search (L = ``BLOCK`` records, fewer for short histories) and sd_tail their standard deviation.
+The denominator is how far alpha_j would have travelled in n records had it been a random walk with the
+fluctuations it shows at the end, so |margin| is a z-score of the distance from the threshold against the search's
+own noise: a component that drifts steadily has a large margin, one that wanders (AdamW on the logits turns noisy
+hypergradients into full-size random moves) has |margin| of order 1 whatever its distance from the threshold.
+Blocks of L records, rather than single increments, make the noise estimate hold for momentum optimisers, whose
+increments are correlated over about 1 / (1 - beta_1) = 10 steps (single increments would underestimate the
+random walk's travel by a factor sqrt((1 + beta_1) / (1 - beta_1)) ~ 4.4). Margins are clipped to
++-``MARGIN_CLIP`` (a component that stopped moving entirely has zero increments).
 
 Budget readout. Per-layer softmax alphas sum to 1 in every layer, so alpha_j = 0.2 means different things in a
 layer of 4 and a layer of 8 components, and a layer without any signal still splits its mass around 1/k. The margin
@@ -29,10 +32,11 @@ import torch
 from .selection import selection_threshold
 
 MARGIN_CLIP = 1e6
+BLOCK = 20  # records per increment block: covers the correlation time of AdamW's momentum (beta_1 = 0.9)
 DECIDED_MARGIN = 3.0  # |margin| at which a keep/drop decision is taken as separated from noise
 
 
-def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.25) -> torch.Tensor:
+def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.5) -> torch.Tensor:
     """margin_j of every component (see the module docstring) from the recorded alphas ``history`` (records x k)."""
     if history.dim() != 2 or history.shape[0] < 3:
         raise ValueError(f"margins need an alpha history of at least 3 records (records x k), got shape "
@@ -41,9 +45,10 @@ def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.
         raise ValueError(f"tail must be in (0, 1], got {tail}")
     history = history.double()
     n = history.shape[0] - 1
-    increments = history.diff(dim=0)
-    window = increments[-max(2, math.ceil(tail * n)):]
-    noise = window.std(dim=0, correction=0) * math.sqrt(n)
+    window = history.diff(dim=0)[-max(2, math.ceil(tail * n)):]
+    block = max(1, min(BLOCK, len(window) // 4))
+    blocks = window[len(window) % block:].reshape(-1, block, history.shape[1]).sum(dim=1)
+    noise = blocks.std(dim=0, correction=0) * math.sqrt(n / block)
     distance = history[-1] - selection_threshold(history[-1], selection)
     margin = torch.where(noise > 0, distance / noise.clamp_min(torch.finfo(history.dtype).tiny),
                          torch.sign(distance) * MARGIN_CLIP)

@@ -317,6 +317,41 @@ def test_search_then_retrain_then_evaluate_subcommands(workspace, runs, tmp_path
     assert config["rank_pattern"] == custom
 
 
+def test_budget_readout_and_uniform_comparison(workspace, tmp_path, capsys):
+    """--budget N keeps exactly N components (>= 1 per module); --compare-uniform retrains uniform LoRA with the same
+    total rank and reports it beside the searched one; the uniform scores equal `autolora retrain` run separately
+    with those uniform ranks (same steps, lr, data and seed)."""
+    out = tmp_path / "budget"
+    names = injected_names(workspace, "classification")
+    budget = len(names) + 3
+    main(cli_args(workspace, "classification", out, "run", "--budget", str(budget), "--compare-uniform",
+                  "--warmup-steps", "1"))
+    printed = capsys.readouterr().out
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert sum(ranks.values()) == budget and min(ranks.values()) >= 1 and sorted(ranks) == sorted(names)
+    metrics = json.loads((out / "metrics.json").read_text())
+    uniform = metrics["uniform_same_budget"]
+    assert sum(uniform["ranks"].values()) == budget and max(uniform["ranks"].values()) - min(uniform["ranks"].values()) <= 1
+    assert "uniform at the same total rank" in printed and "search verdict: ranks" in printed
+    (tmp_path / "uniform.json").write_text(json.dumps(uniform["ranks"]))
+    separate = tmp_path / "uniform"
+    main(cli_args(workspace, "classification", separate, "retrain", "--ranks", str(tmp_path / "uniform.json")))
+    main(cli_args(workspace, "classification", separate, "evaluate"))
+    assert json.loads((separate / "metrics.json").read_text())["test"] == pytest.approx(uniform["test"])
+    diagnostics = json.loads((out / "search_diagnostics.json").read_text())
+    assert diagnostics["ranks"] == ranks and diagnostics["budget"] == budget
+    assert diagnostics["diagnostics"]["step"] == [2, 3] and len(diagnostics["train_losses"]) == 3
+    assert set(diagnostics["margins"]) == set(names) and diagnostics["verdict"].startswith("ranks")
+    assert os.path.getsize(out / "diagnostics.png") > 0
+
+
+def test_budget_outside_its_range_is_an_input_error(workspace, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(workspace, "classification", tmp_path / "b", "search", "--budget", "1"))
+    assert exit_info.value.code == 2
+    assert "budget must be between" in capsys.readouterr().err
+
+
 def replace(argv, old, new):
     return [new if a == old else a for a in argv]
 

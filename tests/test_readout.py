@@ -31,6 +31,20 @@ def test_steady_drift_is_separated_and_a_random_walk_is_not():
     assert (walk_margin.abs() < 3).float().mean() > 0.95
 
 
+def test_a_momentum_smoothed_random_walk_is_not_separated_either():
+    """Increments e_t = 0.9 e_{t-1} + 0.1 z_t (AdamW's first moment of pure noise): single-increment noise would
+    call most of these walks separated; blocks of records keep |margin| of order 1."""
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(600, 200, generator=g, dtype=torch.float64)
+    increments = torch.zeros_like(noise)
+    for t in range(1, noise.shape[0]):
+        increments[t] = 0.9 * increments[t - 1] + 0.1 * noise[t]
+    walks = 0.5 + 0.01 * torch.cumsum(increments, dim=0)
+    margin = component_margins(walks, "sigmoid")
+    assert margin.abs().median() < 1.2
+    assert (margin.abs() < 3).float().mean() > 0.9
+
+
 def test_a_component_that_never_moved_sits_on_its_threshold_or_is_clipped():
     uniform = torch.full((10, 4), 0.25)
     assert torch.equal(component_margins(uniform, "softmax"), torch.zeros(4, dtype=torch.float64))
