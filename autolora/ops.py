@@ -176,6 +176,11 @@ def _check_shapes(x, weight, bias, lora_A, lora_B, alpha, lora_x):
             raise ValueError(f"{name} must have shape {formula}={shape}, got {tuple(value.shape)}")
 
 
+def as_rows(t, width):
+    """``t`` (..., width) as a (rows, width) matrix; unlike reshape(-1, width) this also works for width 0."""
+    return t.reshape(t.shape[:-1].numel(), width)
+
+
 def lora_linear_grads(grad_y, x, weight, lora_A, lora_B, alpha, scaling, lora_x=None, input_grad=True):
     """Differentiable ATen form of ``autolora::lora_linear_backward`` (same outputs, same formulas).
 
@@ -185,9 +190,8 @@ def lora_linear_grads(grad_y, x, weight, lora_A, lora_B, alpha, scaling, lora_x=
     grad_x and grad_lora_x are empty tensors when ``input_grad`` is False.
     """
     d_out, d_in = weight.shape
-    g = grad_y.reshape(-1, d_out)
-    x2 = x.reshape(-1, d_in)
-    lx = x2 if lora_x is None else lora_x.reshape(-1, d_in)
+    g, x2 = as_rows(grad_y, d_out), as_rows(x, d_in)
+    lx = x2 if lora_x is None else as_rows(lora_x, d_in)
     coef = alpha * scaling
     u = lx @ lora_A.t()
     v = g @ lora_B
@@ -216,8 +220,8 @@ def _backward(ctx, grad_y):
     grads_of = lora_linear_grads if torch.is_grad_enabled() else torch.ops.autolora.lora_linear_backward
     grad_x, grad_lx, grad_A, grad_B, grad_alpha = grads_of(grad_y, x, weight, lora_A, lora_B, alpha, ctx.scaling,
                                                            lora_x, input_grad)
-    g = grad_y.reshape(-1, weight.shape[0])
-    grad_weight = g.t() @ x.reshape(-1, weight.shape[1]) if needs[1] else None
+    g = as_rows(grad_y, weight.shape[0])
+    grad_weight = g.t() @ as_rows(x, weight.shape[1]) if needs[1] else None
     grad_bias = g.sum(0) if needs[2] else None
     return (grad_x if needs[0] else None, grad_weight, grad_bias, grad_A if needs[3] else None,
             grad_B if needs[4] else None, grad_alpha if needs[5] else None, None, grad_lx if needs[7] else None)

@@ -126,13 +126,19 @@ LoraGrads lora_linear_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x
   check_lora_inputs(x, weight, std::nullopt, lora_A, lora_B, alpha, lora_x);
   check_cpu_dtype(x);
   const int64_t d_in = weight.size(1), d_out = weight.size(0), r = lora_A.size(0);
+  check_grad_y(grad_y, x, d_out);
+  if (d_in == 0 || d_out == 0) {  // every product then has an empty inner dimension: all gradients are zero
+    const at::Tensor none = x.new_empty({0});
+    return {input_grad ? at::zeros_like(x) : none,
+            input_grad && lora_x.has_value() ? at::zeros_like(*lora_x) : none,
+            at::zeros_like(lora_A), at::zeros_like(lora_B), at::zeros_like(alpha)};
+  }
   const at::Tensor g2 = as_rows(grad_y).detach();
   const at::Tensor x2 = as_rows(x).detach();
   const at::Tensor lx2 = lora_x.has_value() ? as_rows(*lora_x).detach() : x2;
   const at::Tensor w = weight.detach(), a = lora_A.detach().contiguous(), b_t = lora_B.detach().t().contiguous();
   const at::Tensor coef = alpha.detach() * scaling, coef_col = coef.unsqueeze(1);
   const int64_t rows = x2.size(0);
-  TORCH_CHECK(g2.size(0) == rows && g2.size(1) == d_out, "lora_linear_backward: grad_y must have y's shape");
 
   const bool fold = !lora_x.has_value() && fold_pays_off(rows, d_in, d_out);
   const bool need_du = input_grad && !fold;  // grad_x (or grad_lora_x) then needs the per-row term dU A

@@ -505,3 +505,21 @@ def test_readable_errors(description, overrides, error, fragment):
     with pytest.raises(error) as info:
         ops.lora_linear(*(args[name] for name in OPERAND_NAMES), args["scaling"], lora_x=args["lora_x"])
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("d_in, d_out", [(0, 4), (5, 0)], ids=["no-input-features", "no-output-features"])
+@pytest.mark.parametrize("create_graph", [False, True], ids=["fused-backward", "differentiable-backward"])
+def test_zero_width_forward_and_backward(d_in, d_out, create_graph):
+    """A layer with no input (or no output) features: y = b (or empty), and every gradient has its operand's shape
+    and is zero (or empty): the closed form of the op at zero width."""
+    x = torch.randn(3, 2, d_in, requires_grad=True)
+    weight, bias = torch.randn(d_out, d_in), torch.randn(d_out, requires_grad=True)
+    lora_A, lora_B = torch.randn(4, d_in, requires_grad=True), torch.randn(d_out, 4, requires_grad=True)
+    alpha = torch.rand(4, requires_grad=True)
+    y = ops.lora_linear(x, weight, bias, lora_A, lora_B, alpha, 2.0)
+    assert torch.equal(y, bias.detach().expand(3, 2, d_out))
+    grads = torch.autograd.grad((y * torch.randn_like(y)).sum(), (x, lora_A, lora_B, alpha, bias),
+                                create_graph=create_graph)
+    for grad, operand in zip(grads[:4], (x, lora_A, lora_B, alpha)):
+        assert grad.shape == operand.shape and not grad.abs().sum()
+    assert grads[4].shape == bias.shape
