@@ -106,7 +106,7 @@ def test_cell_is_written_once_and_skipped_on_rerun(tiny_suite, monkeypatch):
     assert set(record["ranks"].values()) == {4} and len(record["ranks"]) == 4
     assert set(record["wall_seconds"]) == {"allocation", "retrain", "eval", "total"}
     assert record["recipe"]["retrain_steps"] == RECIPE.retrain_steps and record["command"] == "test"
-    assert {"versions", "git_commit", "hardware"} <= set(record["environment"])
+    assert {"versions", "git_commit", "hardware", "load_average_1min"} <= set(record["environment"])
     before = open(path).read()
 
     def must_not_run(cell):

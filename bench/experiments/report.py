@@ -118,6 +118,10 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
         dirty = sorted({f for r in records for f in r["environment"]["uncommitted_source_files"]})
         recipes = {tuple(sorted(r["recipe"].items())) for r in records}
         lines += [f"* Dates: {dates[0]} to {dates[-1]}.", f"* Hardware: {'; '.join(hardware)}."]
+        loads = [r["environment"]["load_average_1min"] for r in records if "load_average_1min" in r["environment"]]
+        if loads:
+            lines += [f"* Machine load (1-minute load average at the end of a cell, {len(loads)} of {len(records)} "
+                      f"cells recorded): {min(loads):.1f} to {max(loads):.1f}; wall times grow with it."]
         lines += [f"* Code: commit(s) {', '.join(commits)}"
                   + (f"; uncommitted library changes while running: {', '.join(dirty)}." if dirty else ".")]
         lines += [f"* Recipe ({'one for all cells' if len(recipes) == 1 else f'{len(recipes)} DIFFERENT recipes'}): "
@@ -270,6 +274,8 @@ def scores_figure(results: Results, path: str) -> None:
                 mean, std = stats.mean_std(scores)
                 axis.errorbar([i], [mean], yerr=[std or 0.0], fmt="o", capsize=3)
                 axis.plot([i] * len(scores), scores, ".", color="0.6")
+        if not any(results.seeds(task, name) for name in names):
+            axis.text(0.5, 0.5, NOT_RUN, ha="center", va="center", transform=axis.transAxes)
         axis.set_xticks(range(len(names)), names, rotation=60, ha="right")
         axis.set_title(task)
         axis.set_ylabel(f"test {spec.metric}")

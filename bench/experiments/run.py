@@ -83,7 +83,8 @@ def git(*args: str) -> str:
 
 
 def environment() -> dict:
-    """Package versions, the git commit and the uncommitted changes to the library's sources, the machine."""
+    """Package versions, the git commit and the uncommitted changes to the library's sources, the machine and its
+    1-minute load average (other processes on a shared machine lengthen the wall times)."""
     versions = {"python": platform.python_version()}
     for package in PACKAGES:
         try:
@@ -96,6 +97,7 @@ def environment() -> dict:
         "uncommitted_source_files": sorted(line[3:] for line in git("status", "--porcelain", "--", *SOURCE_DIRS)
                                            .splitlines()),
         "hardware": f"{cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads",
+        "load_average_1min": os.getloadavg()[0],
         "autolora_ops_backend": autolora.ops.backend(),
     }
 
