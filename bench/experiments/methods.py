@@ -8,8 +8,8 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
 ``budget_matched`` methods must keep it within 5%.
 
 * ``uniform_r{2,4,8}``: rank r on every module.
-* ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search``, the new defaults or the paper's
-  settings), ranks by the budget readout ``autolora.readout.budget_ranks`` with N = 4 M components.
+* ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search`` with preset "default" or
+  "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -37,7 +37,7 @@ from autolora.checkpoint import isolated_rng, seed_rng
 from autolora.config import AutoLoRAConfig
 from autolora.data import TaskData, make_loader
 from autolora.model import find_heads, find_target_modules
-from autolora.readout import alpha_separation, budget_ranks, component_margins, separation_verdict, shuffled_ranks
+from autolora.readout import shuffled_ranks
 from autolora.training import batch_stream, model_loss
 
 from . import cache, tasks
@@ -102,9 +102,9 @@ class Cell:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
-    def base_model(self, *, eager_attention: bool = False) -> torch.nn.Module:
+    def base_model(self) -> torch.nn.Module:
         """A fresh pretrained model with the task head drawn from the seed; records the target modules' shapes."""
-        model = tasks.load_model(self.data, self.seed, eager_attention=eager_attention)
+        model = tasks.load_model(self.data, self.seed)
         if not self.shapes:
             self.shapes = target_shapes(model)
         return model
@@ -208,26 +208,16 @@ def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-SEARCH_PRESETS = {
-    "default": {},
-    "paper": {"method": "finite_difference", "weight_lr": 1e-4, "selection_lr": 1e-3},
-}
-
-
 def search_allocation(cell: Cell, preset: str) -> tuple[dict[str, int], dict]:
-    """AutoLoRA's allocation: ``autolora.search`` with ``SEARCH_PRESETS[preset]`` for ``search_steps`` steps (k =
-    ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components from
-    the per-component margins. The one place the suite calls the search."""
-    options = SEARCH_PRESETS[preset]
-    base = cell.base_model(eager_attention=options.get("method") == "exact")
-    model = autolora.get_autolora_model(base, AutoLoRAConfig(max_rank=cell.recipe.search_max_rank))
+    """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper") for ``search_steps`` steps
+    (k = ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components
+    by margin (``SearchResult.budget_ranks``). The one place the suite calls the search."""
+    model = autolora.get_autolora_model(cell.base_model(), AutoLoRAConfig(max_rank=cell.recipe.search_max_rank))
     with cell.phase("allocation"):
-        result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps,
-                                 batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer,
-                                 **options)
-        margins = {name: component_margins(history, "softmax") for name, history in result.history["alphas"].items()}
-        ranks = budget_ranks(margins, cell.recipe.reference_rank * len(margins))
-    return ranks, search_diagnostics(result, margins, options)
+        result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
+                                 batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
+        ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas))
+    return ranks, search_diagnostics(result, preset)
 
 
 def window_means(values: list[float], windows: int = 10) -> list[float]:
@@ -236,20 +226,12 @@ def window_means(values: list[float], windows: int = 10) -> list[float]:
     return [float(part.mean()) for part in parts]
 
 
-def search_diagnostics(result: autolora.SearchResult, margins: dict[str, torch.Tensor], options: dict) -> dict:
-    """What the search learned: loss curves (window means), the paper's threshold ranks, alpha separation and
-    the margin verdict of ``autolora.readout``; ``options`` are the arguments given to ``autolora.search``."""
-    verdict = separation_verdict(margins)
-    return {
-        "search_options": dict(options),
-        "train_loss_curve": window_means(result.train_losses),
-        "val_loss_curve": window_means(result.val_losses) if result.val_losses else [],
-        "threshold_ranks": dict(result.ranks),
-        "alpha_separation": {name: alpha_separation(alpha, "softmax") for name, alpha in result.alphas.items()},
-        "weakest_margin": verdict["weakest_margin"],
-        "separated_share": verdict["separated_share"],
-        "verdict": verdict["verdict"],
-    }
+def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
+    """What the search learned: ``SearchResult.summary()`` (the paper's threshold ranks, alpha separation, margins
+    and verdict, losses, the mixed term's share of h) and the loss curves as window means."""
+    return {"preset": preset, **result.summary(),
+            "train_loss_curve": window_means(result.train_losses),
+            "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
 def autolora_method(preset: str) -> Callable[[Cell], Outcome]:

@@ -51,8 +51,7 @@ class Results:
 
     def mean_of(self, task: str, method: str, value) -> float | None:
         """Mean over seeds of ``value(record)``, None without results."""
-        records = self.seeds(task, method).values()
-        return float(np.mean([value(r) for r in records])) if records else None
+        return mean_or_none(value(r) for r in self.seeds(task, method).values())
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -218,26 +217,32 @@ def cost_section(results: Results) -> list[str]:
     return lines
 
 
+def mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def diagnostics_section(results: Results) -> list[str]:
     rows = []
     for name in ("autolora", "autolora_paper"):
         for task in tasks.TASKS:
-            records = [r for r in results.seeds(task, name).values() if r.get("search")]
-            if not records:
-                rows.append([name, task, NOT_RUN, NOT_RUN, NOT_RUN, NOT_RUN])
+            searches = [r["search"] for r in results.seeds(task, name).values() if r.get("search")]
+            if not searches:
+                rows.append([name, task] + [NOT_RUN] * 5)
                 continue
-            first = np.mean([r["search"]["train_loss_curve"][0] for r in records])
-            last = np.mean([r["search"]["train_loss_curve"][-1] for r in records])
-            share = np.mean([r["search"]["separated_share"] for r in records])
-            separation = np.mean([max(r["search"]["alpha_separation"].values()) for r in records])
-            rows.append([name, task, f"{first:.3f} → {last:.3f}", f"{separation:.2e}", f"{share:.2f}",
-                         str(len(records))])
+            first = mean_or_none(s["train_loss_curve"][0] for s in searches)
+            last = mean_or_none(s["train_loss_curve"][-1] for s in searches)
+            separation = mean_or_none(max(s["alpha_separation"].values()) for s in searches)
+            rows.append([name, task, f"{first:.3f} → {last:.3f}", f"{separation:.2e}",
+                         fmt(mean_or_none(s["separated_share"] for s in searches), 2),
+                         fmt(mean_or_none(s.get("mixed_share_mean") for s in searches), 3), str(len(searches))])
     return ["## Search diagnostics", "",
             "AutoLoRA's search, mean over seeds: training loss in the first and last tenth of the search, the largest "
-            "alpha separation max_j |alpha_j − threshold| over modules, and the share of modules whose every "
-            "component has |margin| ≥ 3 (ranks read off separated alphas rather than noise).", ""] \
-        + table(["method", "task", "train loss first → last", "alpha separation", "separated share", "n"], rows) \
-        + [""]
+            "alpha separation max_j |alpha_j − threshold| over modules, the share of modules whose every component "
+            "has |margin| ≥ 3 (ranks read off separated alphas rather than noise), and the mixed (second-order) "
+            "term's share of the hypergradient ||mixed|| / (||direct|| + ||mixed||).", ""] \
+        + table(["method", "task", "train loss first → last", "alpha separation", "separated share",
+                 "mixed share of h", "n"], rows) + [""]
 
 
 def reading_section(results: Results) -> list[str]:

@@ -71,16 +71,14 @@ def load_task(spec: TaskSpec, tokenizer, seed: int, max_length: int) -> TaskData
                              max_examples=spec.max_train_examples)
 
 
-def load_model(data: TaskData, seed: int, *, eager_attention: bool = False) -> torch.nn.Module:
+def load_model(data: TaskData, seed: int) -> torch.nn.Module:
     """A fresh pretrained MiniLM with the task's head (sequence or token classification), the head's random
-    initialisation drawn from ``seed``. ``eager_attention`` for searches that differentiate twice (the CPU SDPA
-    kernel has no double backward)."""
+    initialisation drawn from ``seed``."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    options = {"attn_implementation": "eager"} if eager_attention else {}
     auto = AutoModelForTokenClassification if data.task_type == "token-classification" \
         else AutoModelForSequenceClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return auto.from_pretrained(model_dir(), num_labels=data.num_labels, ignore_mismatched_sizes=True, **options)
+        return auto.from_pretrained(model_dir(), num_labels=data.num_labels, ignore_mismatched_sizes=True)
