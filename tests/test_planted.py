@@ -77,3 +77,33 @@ def test_float_vector_labels_batch_as_a_float32_matrix():
     assert torch.equal(batch["input_ids"], torch.tensor([[3, 4], [5, 0]]))
     with pytest.raises(ValueError, match="different lengths"):
         collate_padded([{"labels": [0.5, 1.0]}, {"labels": [2.0]}], pad_id=0)
+
+
+def test_search_reads_back_planted_ranks_when_the_components_span_them():
+    """A known answer for the selection machinery (hypergradient sign, softmax, readout). The student's factors are
+    frozen (weight_lr = 0, so W' = W and h = grad_beta Lval): in every module the first r components are the planted
+    directions, scaled so that alpha_j = 1/r on them reproduces the teacher exactly, and the other k - r are random
+    directions of the same size that only hurt. The validation loss is then minimised, at 0, by alpha = 1/r on the
+    planted components and 0 elsewhere, so the per-layer threshold 1/k must read back exactly the planted ranks."""
+    from autolora.rank_search import search
+    planted = {"bert.encoder.layer.0.attention.self.query": 1, "bert.encoder.layer.0.attention.self.value": 2,
+               "bert.encoder.layer.1.attention.self.query": 4, "bert.encoder.layer.1.attention.self.value": 6}
+    base = regression_bert().float()
+    data = planted_rank_dataset(base, planted, num_examples=128, seq_len=6, sigma=2.0, seed=3)
+    teacher = plant_ranks(base, planted, sigma=2.0, seed=3)
+    student = get_autolora_model(regression_bert().float(), AutoLoRAConfig(max_rank=8, modules_to_save=[]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, branch in adapter_branches(student).items():
+            r = planted[name]
+            u, s, vh = torch.linalg.svd(teacher.get_submodule(name).weight - branch.base_layer.weight)
+            noise_u = torch.linalg.qr(torch.randn(u.shape[0], 8, generator=generator))[0]
+            noise_v = torch.linalg.qr(torch.randn(vh.shape[1], 8, generator=generator))[0]
+            for j in range(8):
+                planted_j = j < r
+                branch.lora_A[j] = vh[j] if planted_j else noise_v[:, j]
+                branch.lora_B[:, j] = (r / branch.scaling) * (s[j] * u[:, j] if planted_j else s[0] * noise_u[:, j])
+    result = search(student, data, steps=200, batch_size=16, method="first_order", weight_lr=0.0,
+                    selection_lr=0.1, warmup_steps=0, seed=0)
+    assert result.ranks == planted
+    assert result.val_losses[-1] < 0.05 * result.val_losses[0]
