@@ -61,8 +61,8 @@ class BilevelOptimizer:
     weight's parameter group and optimizer state before the optimizer steps (``lr``, if given, replaces every
     group's learning rate).
 
-    The finite-difference passes run in float32: float16/bfloat16 parameters and buffers of ``model`` are replaced
-    by float32 copies for them (their difference quotient would otherwise divide each pass's rounding by 2 e).
+    The finite-difference passes run in float32: the weights and the float16/bfloat16 parameters and buffers of
+    ``model`` are replaced by float32 copies for them (their difference quotient would otherwise divide each pass's rounding by 2 e).
 
     Gradients are written to ``.grad`` only for the optimizer step that consumes them and cleared after it. Buffers
     (e.g. BatchNorm statistics) are those of ``model`` in every pass.
@@ -128,8 +128,9 @@ class BilevelOptimizer:
         ``full_precision`` also substitutes float32 copies for the model's float16/bfloat16 parameters and buffers
         (the finite-difference passes: their difference quotient divides the rounding of each pass by 2 e)."""
         def loss(weights: Tensors, hparams: Tensors) -> Tensor:
-            substituted = _float32_copies(module, hparams) if full_precision else {}
-            substituted.update(zip(self._weight_names, weights))
+            substituted = dict(zip(self._weight_names, weights))
+            if full_precision:
+                substituted = {**_float32_copies(module, hparams), **_float32(substituted)}
             return functional_call(module, substituted, (batch,))
         return loss
 
@@ -197,13 +198,20 @@ class BilevelOptimizer:
         self.num_steps = num_steps
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _float32(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The float16/bfloat16 entries cast to float32, the others unchanged."""
+    return {name: t.float() if t.dtype in _HALF else t for name, t in tensors.items()}
+
+
 def _float32_copies(module: nn.Module, keep: Tensors) -> dict[str, Tensor]:
     """{name: float32 copy} of every float16/bfloat16 parameter and buffer of ``module`` except those in ``keep``
     (the hyper-parameters, which the passes differentiate)."""
-    half = (torch.float16, torch.bfloat16)
     kept = {id(t) for t in keep}
     tensors = list(module.named_parameters()) + list(module.named_buffers())
-    return {name: t.detach().float() for name, t in tensors if t.dtype in half and id(t) not in kept}
+    return _float32({name: t.detach() for name, t in tensors if t.dtype in _HALF and id(t) not in kept})
 
 
 def _apply(optimizer: torch.optim.Optimizer, tensors: Tensors, grads: Tensors) -> None:
