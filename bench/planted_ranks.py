@@ -103,7 +103,8 @@ def report() -> str:
               f"budget readout at {BUDGET} components. Spearman is between the planted and the read ranks over the "
               "8 modules (1 = same order), averaged over seeds; 'modules separated' is the share of modules whose "
               "every component has |margin| >= 3 (autolora.readout); 'mixed share' is "
-              "||mixed|| / (||direct|| + ||mixed||) averaged over meta steps.", ""]
+              "||mixed|| / (||direct|| + ||mixed||) averaged over meta steps; 'seconds per search' is wall time on a "
+              "shared machine whose load varied between runs (not a cost comparison: see docs/results.md).", ""]
     if runs_all:
         machine = runs_all[0].get("hardware", f"{cpu_model()}, {os.cpu_count()} cores")
         header += [f"Machine: {machine}; torch {runs_all[0].get('torch', torch.__version__)}.", ""]
