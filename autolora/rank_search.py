@@ -18,7 +18,8 @@ training passes (including the finite-difference passes, which replay the step's
 Presets (:data:`PRESETS`): "paper" is paper §5.1 (weights lr 1e-4, selection lr 1e-3, no warm-up, SGD lookahead,
 AdamW on the logits); "default" (weights lr 1e-2, selection lr 1e-2, 50 warm-up steps, SGD lookahead, AdamW on
 the logits) is the one setting whose recovery of planted ranks was positive on every seed in docs/planted_ranks.md
-(see docs/search.md for how weak that is). Explicit arguments override the preset. Weight decay is 0.01 on the weights and 0 on the logits (decay pulls beta to 0, alpha to uniform).
+(see docs/search.md for how weak that is). Explicit arguments override the preset. Weight decay is 0.01 on the
+weights and 0 on the logits (decay pulls beta to 0, alpha to uniform).
 
 Afterwards the rank of layer l is #{j : alpha_lj >= threshold} (paper §4.4); :class:`SearchResult` also carries
 each component's margin and the budget readout (:mod:`autolora.readout`).

@@ -67,7 +67,8 @@ def separation_verdict(margins: Mapping[str, torch.Tensor], *, decided: float = 
     separated = [name for name, w in weakest.items() if w >= decided]
     share = len(separated) / max(len(weakest), 1)
     if share >= 0.8:
-        verdict = f"ranks read off separated alphas ({len(separated)}/{len(weakest)} modules with every |margin| >= {decided:g})"
+        verdict = (f"ranks read off separated alphas ({len(separated)}/{len(weakest)} modules with every "
+                   f"|margin| >= {decided:g})")
     elif share > 0:
         verdict = (f"ranks partly read off noise: only {len(separated)}/{len(weakest)} modules have every "
                    f"|margin| >= {decided:g}")

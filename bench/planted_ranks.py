@@ -109,7 +109,8 @@ def report() -> str:
         machine = runs_all[0].get("hardware", f"{cpu_model()}, {os.cpu_count()} cores")
         header += [f"Machine: {machine}; torch {runs_all[0].get('torch', torch.__version__)}.", ""]
     rows = ["| configuration | Spearman, per-layer threshold | Spearman, budget readout | modules separated | "
-            "train loss first -> last | mixed share | seconds per search | seeds |", "|---|---|---|---|---|---|---|---|"]
+            "train loss first -> last | mixed share | seconds per search | seeds |",
+            "|---|---|---|---|---|---|---|---|"]
     for config in CONFIGS:
         runs = [json.load(open(cached(config, s))) for s in range(100) if os.path.exists(cached(config, s))]
         runs = [{**r, **readouts(r)} for r in runs]

@@ -62,7 +62,8 @@ class BilevelOptimizer:
     group's learning rate).
 
     The finite-difference passes run in float32: the weights and the float16/bfloat16 parameters and buffers of
-    ``model`` are replaced by float32 copies for them (their difference quotient would otherwise divide each pass's rounding by 2 e).
+    ``model`` are replaced by float32 copies for them (their difference quotient would otherwise divide each
+    pass's rounding by 2 e).
 
     Gradients are written to ``.grad`` only for the optimizer step that consumes them and cleared after it. Buffers
     (e.g. BatchNorm statistics) are those of ``model`` in every pass.

@@ -54,9 +54,9 @@ def one_step_hypergrad(train_loss: LossFn, val_loss: LossFn, params: Tensors, hp
                        train_grads: Tensors, *, lr: Optional[float] = None, method: str, fd_radius: float = 0.01,
                        rng_state: Optional[RngState] = None, val_only_hparams: Sequence[Tensor] = (),
                        inner_update: Optional[InnerUpdate] = None) -> OneStepHypergrad:
-    """Return (h, Lval(W', A), direct term, mixed term) for one inner step W' = U(W, train_grads): the SGD step W - lr * train_grads, or
-    ``inner_update`` (e.g. :class:`~hypergrad.AdamWUpdate`); h = grad_A Lval(W', A) + [d^2 Ltr/dA dW] . u with
-    u = (dW'/dg)^T grad_W Lval(W', A) (see the module docstring).
+    """Return (h, Lval(W', A), direct term, mixed term) for one inner step W' = U(W, train_grads): the SGD step
+    W - lr * train_grads, or ``inner_update`` (e.g. :class:`~hypergrad.AdamWUpdate`);
+    h = grad_A Lval(W', A) + [d^2 Ltr/dA dW] . u with u = (dW'/dg)^T grad_W Lval(W', A) (see the module docstring).
 
     ``train_grads`` is grad_W Ltr(W, A), computed by the caller from ``rng_state`` (with ``create_graph=True`` for
     method "exact", whose mixed term differentiates it: ValueError if none of them carries a graph), preferably by

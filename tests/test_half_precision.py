@@ -89,7 +89,7 @@ def search_recording_gradients(model, **options):
 
     handle = register_optimizer_step_pre_hook(record)
     try:
-        return search(model, synthetic_dataset(), **options), consumed
+        return search(model, synthetic_dataset(), **{"warmup_steps": 0, **options}), consumed
     finally:
         handle.remove()
 

@@ -1,4 +1,5 @@
-"""autolora.search (autolora/rank_search.py): what the rank search trains, what it leaves alone, its first step, its record and its resume."""
+"""autolora.search (autolora/rank_search.py): what the rank search trains, what it leaves alone, its first step,
+its settings, diagnostics, record and resume."""
 import datasets
 import pytest
 import torch
@@ -44,7 +45,7 @@ def test_search_trains_weights_and_logits_and_leaves_frozen_parameters_bit_ident
     model = autolora_bert()
     frozen, trainable = snapshot(model, False), snapshot(model, True)
     assert any("embeddings" in n for n in frozen) and any(n.endswith("query.base_layer.weight") for n in frozen)
-    search(model, synthetic_dataset(), steps=3, batch_size=4, selection_lr=0.05)
+    search(model, synthetic_dataset(), steps=3, batch_size=4, selection_lr=0.05, warmup_steps=0)
     after = dict(model.named_parameters())
     for name, value in frozen.items():
         assert torch.equal(after[name], value), name
@@ -130,7 +131,8 @@ def test_sgd_on_the_logits_keeps_the_hypergradient_magnitude():
 
 def test_history_ranks_and_alphas_are_consistent():
     model = autolora_bert()
-    result = search(model, synthetic_dataset(), steps=5, batch_size=4, selection_lr=0.05, record_every=2)
+    result = search(model, synthetic_dataset(), steps=5, batch_size=4, selection_lr=0.05, record_every=2,
+                    warmup_steps=0)
     names = list(adapter_branches(model))
     assert list(result.ranks) == names and list(result.alphas) == names
     assert result.history["steps"] == [0, 2, 4, 5]
@@ -189,7 +191,7 @@ def test_warmup_trains_the_weights_before_any_meta_step():
 def test_diagnostics_are_consistent_with_the_search():
     model = autolora_bert()
     result = search(model, synthetic_dataset(), steps=5, batch_size=4, selection_lr=0.05, meta_every=2,
-                    method="exact")
+                    warmup_steps=0, method="exact")
     diag = result.diagnostics
     assert diag["step"] == [2, 4] and diag["val_loss"] == result.val_losses
     for name, norms in diag["hypergrad_norm"].items():
@@ -219,7 +221,7 @@ def test_presets_and_overrides():
         resolve_settings("paper", selection_optimizer="lbfgs")
 
 
-RESUME_OPTIONS = dict(steps=6, batch_size=4, selection_lr=0.05, checkpoint_every=3, seed=1)
+RESUME_OPTIONS = dict(warmup_steps=2, steps=6, batch_size=4, selection_lr=0.05, checkpoint_every=3, seed=1)
 
 
 @pytest.fixture(scope="module")
