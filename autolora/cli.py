@@ -291,7 +291,6 @@ def write_search_outputs(args: argparse.Namespace, result: SearchResult, ranks: 
     out = args.output_dir
     write_json(os.path.join(out, "ranks.json"), ranks)
     summary = {**result.summary(), "ranks": ranks, "threshold_ranks": result.ranks, "budget": args.budget,
-               "margins": {n: m.tolist() for n, m in result.margins().items()},
                "train_losses": result.train_losses, "diagnostics": result.diagnostics}
     write_json(os.path.join(out, "search_diagnostics.json"), summary)
     plot_search_diagnostics(result.train_losses, result.diagnostics, os.path.join(out, "diagnostics.png"))

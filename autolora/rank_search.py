@@ -94,15 +94,21 @@ class SearchResult:
         return budget_ranks(self.margins(), budget)
 
     def summary(self) -> dict:
-        """Plain-type summary: ranks, per-module alpha separation and weakest margin, the verdict, the losses at
-        the start and end of the search, and the mixed term's share ||mixed|| / (||direct|| + ||mixed||)."""
-        verdict = separation_verdict(self.margins())
+        """Plain-type summary: ranks, per-module alpha separation, every component's margin and each module's weakest,
+        the verdict (none with fewer than 3 alpha records), the losses at the start and end of the search, and the
+        mixed term's share ||mixed|| / (||direct|| + ||mixed||)."""
+        records = len(self.history["steps"])
+        margins = self.margins() if records >= 3 else {}
+        verdict = separation_verdict(margins) if margins else {
+            "weakest_margin": {}, "separated_share": None,
+            "verdict": f"no verdict: {records} alpha records, margins need at least 3 (search longer)"}
         diag = self.diagnostics
         direct, mixed = diag.get("direct_norm", []), diag.get("mixed_norm", [])
         shares = [m / (d + m) for d, m in zip(direct, mixed) if d + m > 0]
         return {"ranks": dict(self.ranks), "total_rank": sum(self.ranks.values()),
                 "alpha_separation": {n: alpha_separation(a, self.selection) for n, a in self.alphas.items()},
-                **verdict, "train_loss_first": _mean_of(self.train_losses[:20]),
+                "margins": {n: m.tolist() for n, m in margins.items()}, **verdict,
+                "train_loss_first": _mean_of(self.train_losses[:20]),
                 "train_loss_last": _mean_of(self.train_losses[-20:]), "val_loss_last": _mean_of(self.val_losses[-20:]),
                 "mixed_share_mean": _mean_of(shares), "meta_steps": len(diag.get("step", []))}
 

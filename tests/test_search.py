@@ -203,8 +203,17 @@ def test_diagnostics_are_consistent_with_the_search():
     assert set(summary["weakest_margin"]) == set(result.ranks)
     for name, alpha in result.alphas.items():
         assert summary["alpha_separation"][name] == pytest.approx(float((alpha - 1 / K).abs().max()))
+    assert summary["margins"] == {n: m.tolist() for n, m in result.margins().items()}
     budget = result.budget_ranks(len(result.ranks) + 3)
     assert sum(budget.values()) == len(result.ranks) + 3 and min(budget.values()) >= 1
+
+
+def test_a_search_too_short_for_margins_has_no_verdict():
+    result = search(autolora_bert(), synthetic_dataset(), steps=1, batch_size=4, warmup_steps=0)
+    summary = result.summary()
+    assert summary["verdict"].startswith("no verdict: 2 alpha records") and summary["margins"] == {}
+    with pytest.raises(ValueError, match="at least 3 records"):
+        result.budget_ranks(len(result.ranks))
 
 
 def test_presets_and_overrides():
