@@ -73,8 +73,9 @@ def separation_verdict(margins: Mapping[str, torch.Tensor], *, decided: float = 
         verdict = (f"ranks partly read off noise: only {len(separated)}/{len(weakest)} modules have every "
                    f"|margin| >= {decided:g}")
     else:
-        verdict = (f"ranks read off noise: no module has every |margin| >= {decided:g}; search longer, raise the "
-                   "weight learning rate or add warm-up steps (see docs/search.md)")
+        verdict = (f"ranks read off noise: no module has every |margin| >= {decided:g}; the allocation is not "
+                   "distinguishable from the search's own noise (compare it with uniform ranks: --compare-uniform; "
+                   "see docs/search.md)")
     return {"weakest_margin": weakest, "separated_share": share, "verdict": verdict}
 
 
