@@ -239,7 +239,7 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
                 diagnostics["hypergrad_norm"][name].append(float(h.norm()))
         if (t + 1) % record_every == 0 or t + 1 == steps:
             recorder.record(t + 1, model)
-        return {k: v for k, v in stats.items() if not isinstance(v, (list, tuple))}
+        return stats
 
     def get_state() -> dict:
         return {"trainable": trainable_state(model), "bilevel": bilevel.state_dict(),

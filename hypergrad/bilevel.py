@@ -127,11 +127,14 @@ class BilevelOptimizer:
         """(W, A) -> loss_fn(model with W substituted, batch); A are the live tensors the loss already uses.
 
         ``full_precision`` also substitutes float32 copies for the model's float16/bfloat16 parameters and buffers
-        (the finite-difference passes: their difference quotient divides the rounding of each pass by 2 e)."""
+        (the finite-difference passes: their difference quotient divides the rounding of each pass by 2 e); the
+        copies are made once and serve both passes."""
+        frozen = _float32_copies(module, self._hparams) if full_precision else {}
+
         def loss(weights: Tensors, hparams: Tensors) -> Tensor:
             substituted = dict(zip(self._weight_names, weights))
             if full_precision:
-                substituted = {**_float32_copies(module, hparams), **_float32(substituted)}
+                substituted = {**frozen, **_float32(substituted)}
             return functional_call(module, substituted, (batch,))
         return loss
 
@@ -166,11 +169,11 @@ class BilevelOptimizer:
                                    param_names=self._weight_names, hparam_names=self._hparam_names)
         stats = {"train_loss": loss.item(), "meta_step": meta}
         if meta:
-            fd_train_fn = self._loss_at(self._train_module, train_batch, full_precision=True)
+            fd_train_fn = self._loss_at(self._train_module, train_batch, full_precision=replayed)
             result = one_step_hypergrad(fd_train_fn, self._loss_at(self._val_module, val_batch), self._weights,
-                                                 self._hparams, grads, method=self.method, fd_radius=self.fd_radius,
-                                                 rng_state=rng_state, val_only_hparams=self.val_only_hparams,
-                                                 inner_update=self._inner_update())
+                                        self._hparams, grads, method=self.method, fd_radius=self.fd_radius,
+                                        rng_state=rng_state, val_only_hparams=self.val_only_hparams,
+                                        inner_update=self._inner_update())
             self.last_result = result
             hypergrads = result.hypergrad
             stats.update(val_loss=result.val_loss.item(), hypergrad_norm=global_norm(hypergrads).item(),
