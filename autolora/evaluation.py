@@ -7,7 +7,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import make_loader, pad_token_id_of
-from .metrics import TASK_TYPES, compute_metrics
+from .metrics import compute_metrics
+from .tasks import TASK_TYPES
 from .training import to_device
 
 

@@ -15,18 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE_INDEX = -100
-METRIC_NAMES = {
-    "classification": ("accuracy", "f1", "matthews_corrcoef"),
-    "regression": ("spearman", "pearson", "mse"),
-    "token-classification": ("f1", "precision", "recall", "accuracy"),
-}
-TASK_TYPES = tuple(METRIC_NAMES)
-
-
-def primary_metric(task_type: str) -> str:
-    """The metric used for model selection: accuracy, spearman (as for STS-B in the paper) or entity f1."""
-    return METRIC_NAMES[check_task_type(task_type)][0]
+from .tasks import IGNORE_INDEX, check_task_type
 
 
 def compute_metrics(task_type: str, predictions, labels, label_names=None) -> dict[str, float]:
@@ -43,13 +32,6 @@ def compute_metrics(task_type: str, predictions, labels, label_names=None) -> di
     if task_type == "classification":
         return _classification_metrics(_numeric(predictions, "predictions"), _numeric(labels, "labels"), label_names)
     return _token_classification_metrics(predictions, labels, label_names)
-
-
-def check_task_type(task_type: str) -> str:
-    """``task_type`` itself, or a ValueError naming the valid ones."""
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"unknown task_type {task_type!r}; choose one of {TASK_TYPES}")
-    return task_type
 
 
 def _numeric(values, what: str) -> np.ndarray:

@@ -35,11 +35,11 @@ import torch
 
 import hypergrad
 
-from .checkpoint import load_trainable_state, run_resumable, trainable_state
+from .checkpoint import load_trainable_state, trainable_state
 from .data import split_in_two
 from .model import adapter_branches, alphas as read_alphas, ranks as read_ranks, stored_config
 from .readout import alpha_separation, budget_ranks, component_margins, separation_verdict
-from .training import batch_stream, model_loss, to_device, weight_parameters
+from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
 METHODS = hypergrad.UNROLLED_METHODS
 LOOKAHEADS = ("sgd", "adam")

@@ -13,10 +13,10 @@ from typing import Callable, Mapping
 
 import torch
 
-from .checkpoint import load_trainable_state, run_resumable, trainable_state
+from .checkpoint import load_trainable_state, trainable_state
 from .config import AutoLoRAConfig
 from .model import get_autolora_model, ranks as read_ranks
-from .training import batch_stream, model_loss, to_device, weight_parameters
+from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
 
 def build_retrain_model(base_model: torch.nn.Module, search_config: AutoLoRAConfig,
@@ -54,7 +54,7 @@ def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int 
     Batches of ``batch_size`` are drawn from ``train_dataset`` (reshuffled every epoch from ``seed``); the loop
     draws dropout from its own random streams seeded with ``seed`` (restored on resume), leaving the caller's
     global random state untouched. With ``checkpoint_path`` the loop is resumable (see
-    :func:`autolora.checkpoint.run_resumable`).
+    :func:`autolora.training.run_resumable`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hypergrad
-from autolora.cli import default_model_dir
+from autolora.loading import default_model_dir
 from autolora.config import AutoLoRAConfig
 from autolora.data import make_loader, read_rotten_tomatoes, tokenize_task
 from autolora.model import adapter_branches, get_autolora_model

@@ -27,7 +27,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import hypergrad
 from autolora import ops
-from autolora.cli import default_model_dir
+from autolora.loading import default_model_dir
 from autolora.config import AutoLoRAConfig
 from autolora.data import read_rotten_tomatoes
 from autolora.model import get_autolora_model, selection_parameters

@@ -19,7 +19,7 @@ from autolora.cli import main
 from autolora.config import AutoLoRAConfig
 from autolora.data import load_files
 from autolora.evaluation import predict
-from autolora.metrics import METRIC_NAMES
+from autolora.tasks import METRIC_NAMES
 from autolora.model import adapter_branches, get_autolora_model
 from autolora.retrain import build_retrain_model
 from tiny_models import tiny_bert, tiny_bert_token_classifier, tiny_gpt2

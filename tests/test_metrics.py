@@ -5,7 +5,8 @@ import pytest
 import scipy.stats
 import torch
 
-from autolora.metrics import compute_metrics, entity_spans, primary_metric
+from autolora.metrics import compute_metrics, entity_spans
+from autolora.tasks import primary_metric
 
 
 def counts(gold, predicted, positive):

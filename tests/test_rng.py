@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from autolora.checkpoint import run_resumable
+from autolora.training import run_resumable
 from autolora.rank_search import search
 from autolora.retrain import train
 from test_retrain import retrain_model

@@ -9,7 +9,7 @@ labels one int64 tag id per sub-token with ``-100`` on special tokens and on eve
 """
 from __future__ import annotations
 
-from ..metrics import TASK_TYPES
+from ..tasks import TASK_TYPES
 from .batching import collate_padded, make_loader, pad_token_id_of
 from .builtin import (BUILTIN_TASKS, load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes,
                       read_wnut16)

@@ -6,7 +6,7 @@ import functools
 import numpy as np
 import torch
 
-from ..metrics import IGNORE_INDEX
+from ..tasks import IGNORE_INDEX
 
 
 NO_PAD_ID = ("input_ids need padding but no pad token id is known: pass make_loader(..., "

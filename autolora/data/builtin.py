@@ -8,7 +8,7 @@ import os
 
 import datasets
 
-from ..metrics import METRIC_NAMES
+from ..tasks import METRIC_NAMES
 from .labels import _label_ids, _unflatten
 from .splits import _cap_train, _three_way_split
 from .task import RawSplit, RawTask, TaskData, tokenize_task

