@@ -5,7 +5,7 @@ from autolora.layers import AutoLoRAFusedQKV, AutoLoRALinear, SelectionWeightedL
 from autolora.evaluation import evaluate, predict
 from autolora.model import (adapter_branches, adapter_modules, alphas, get_autolora_model, head_parameters,
                             lora_parameters, merge_adapters, ranks, selection_parameters, unmerge_adapters)
-from autolora.rank_search import SearchResult, search
+from autolora.rank_search import RankSearcher, SearchResult, search
 from autolora.retrain import TrainResult, build_retrain_model, train
 from autolora.selection import SELECTION_MODES, alpha_from_logits, rank_from_alpha, selected_components, \
     selection_threshold
@@ -16,6 +16,6 @@ __all__ = [
     "get_autolora_model", "ranks", "alphas", "lora_parameters", "selection_parameters", "head_parameters",
     "adapter_modules", "adapter_branches", "merge_adapters", "unmerge_adapters",
     "export_peft_adapter",
-    "search", "SearchResult", "build_retrain_model", "train", "TrainResult", "evaluate", "predict",
+    "search", "SearchResult", "RankSearcher", "build_retrain_model", "train", "TrainResult", "evaluate", "predict",
     "SELECTION_MODES", "alpha_from_logits", "selection_threshold", "selected_components", "rank_from_alpha",
 ]

@@ -26,6 +26,7 @@ each component's margin and the budget readout (:mod:`autolora.readout`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -177,6 +178,107 @@ def _selection_optimizer(name: str, betas, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(betas, lr=lr, weight_decay=0.0)
 
 
+class RankSearcher:
+    """The stateful stepper of a search: :meth:`step` is the one place a meta step happens.
+
+    It owns the selection logits' optimiser, the inner optimiser (AdamW on the weights, unless ``inner_optimizer``
+    is given, e.g. the one a ``transformers.Trainer`` built), the :class:`hypergrad.BilevelOptimizer` that ties them,
+    the alpha history and the diagnostics. :func:`search` drives it with its own batch streams;
+    :class:`autolora.SearchTrainer` drives it from ``Trainer.training_step``. Settings as in :func:`search`.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, preset: str = "default", method: str = "finite_difference",
+                 weight_lr: float | None = None, selection_lr: float | None = None, warmup_steps: int | None = None,
+                 lookahead: str | None = None, selection_optimizer: str | None = None, eta: float | None = None,
+                 weight_decay: float = 0.01, meta_every: int = 1, fd_radius: float = 0.01, val_dropout: bool = False,
+                 record_every: int = 1, inner_optimizer: torch.optim.Optimizer | None = None):
+        self.settings = resolve_settings(preset, weight_lr=weight_lr, selection_lr=selection_lr,
+                                         warmup_steps=warmup_steps, lookahead=lookahead,
+                                         selection_optimizer=selection_optimizer)
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        for name, value in (("meta_every", meta_every), ("record_every", record_every)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.branches = {name: b for name, b in adapter_branches(model).items() if b.beta is not None}
+        if not self.branches:
+            raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
+                             "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
+        self.model = model
+        self.record_every = record_every
+        self.device = next(model.parameters()).device
+        betas = [b.beta for b in self.branches.values()]
+        self.inner_optimizer = inner_optimizer if inner_optimizer is not None else torch.optim.AdamW(
+            weight_parameters(model), lr=self.settings.weight_lr, weight_decay=weight_decay)
+        self.outer_optimizer = _selection_optimizer(self.settings.selection_optimizer, betas,
+                                                    self.settings.selection_lr)
+        self.bilevel = hypergrad.BilevelOptimizer(model, self.inner_optimizer, self.outer_optimizer, model_loss,
+                                                  model_loss if val_dropout else eval_mode_loss, method=method,
+                                                  lr=eta, fd_radius=fd_radius, meta_every=meta_every,
+                                                  lookahead=self.settings.lookahead,
+                                                  warmup_steps=self.settings.warmup_steps)
+        self.recorder = AlphaRecorder()
+        self.recorder.record(0, model)
+        self.train_losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.diagnostics = {"step": [], "val_loss": [], "direct_norm": [], "mixed_norm": [],
+                            "hypergrad_norm": {name: [] for name in self.branches}}
+
+    @property
+    def num_steps(self) -> int:
+        """Steps taken so far."""
+        return self.bilevel.num_steps
+
+    def step(self, train_batch: Mapping[str, torch.Tensor], val_batch: Mapping[str, torch.Tensor] | None, *,
+             step_inner: bool = True) -> dict:
+        """One search step: the inner step on ``train_batch`` (a D_tr batch) and, when one is due, the meta step on
+        ``val_batch`` (a D_val batch); batches are moved to the model's device. ``step_inner=False`` leaves the
+        inner optimiser's step to the caller (the weights' ``.grad`` hold g; see
+        :meth:`hypergrad.BilevelOptimizer.step`). Returns the step's stats (train_loss, meta_step, and after a meta
+        step val_loss and the hypergradient norms)."""
+        self.model.train()
+        val_batch = None if val_batch is None else to_device(val_batch, self.device)
+        stats = self.bilevel.step(to_device(train_batch, self.device), val_batch, step_inner=step_inner)
+        done = self.num_steps
+        self.train_losses.append(stats["train_loss"])
+        if stats["meta_step"]:
+            self.val_losses.append(stats["val_loss"])
+            self.diagnostics["step"].append(done)
+            for key in ("val_loss", "direct_norm", "mixed_norm"):
+                self.diagnostics[key].append(stats[key])
+            for name, h in zip(self.branches, self.bilevel.last_result.hypergrad):
+                self.diagnostics["hypergrad_norm"][name].append(float(h.norm()))
+        if done % self.record_every == 0:
+            self.recorder.record(done, self.model)
+        return stats
+
+    def result(self) -> SearchResult:
+        """The search so far: ranks and alphas now, the alpha history (including the current step), losses and
+        diagnostics."""
+        self.recorder.record(self.num_steps, self.model)
+        return SearchResult(ranks=read_ranks(self.model),
+                            alphas={n: a.detach().cpu() for n, a in read_alphas(self.model).items()},
+                            history=self.recorder.as_history(), train_losses=list(self.train_losses),
+                            val_losses=list(self.val_losses), diagnostics=copy.deepcopy(self.diagnostics),
+                            selection=stored_config(self.model).selection)
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`step` mutates besides the model's parameters: both optimisers, the step counter, the
+        alpha history, the losses and the diagnostics."""
+        return {"bilevel": self.bilevel.state_dict(), "recorder": self.recorder.state_dict(),
+                "train_losses": list(self.train_losses), "val_losses": list(self.val_losses),
+                "diagnostics": copy.deepcopy(self.diagnostics)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (the model's parameters are restored separately)."""
+        self.bilevel.load_state_dict(state["bilevel"])
+        self.recorder.load_state_dict(state["recorder"])
+        self.train_losses[:] = state["train_losses"]
+        self.val_losses[:] = state["val_losses"]
+        self.diagnostics.clear()
+        self.diagnostics.update(copy.deepcopy(state["diagnostics"]))
+
+
 def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "default",
            method: str = "finite_difference", weight_lr: float | None = None, selection_lr: float | None = None,
            warmup_steps: int | None = None, lookahead: str | None = None, selection_optimizer: str | None = None,
@@ -192,77 +294,32 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
     ``selection_optimizer`` unless they are passed. ``eta`` is the SGD lookahead's step size (None: the weights'
     learning rate; 0: the paper's eta = 0 ablation; with ``lookahead="adam"`` it replaces the Adam step's lr).
     With ``checkpoint_path`` the search checkpoints every ``checkpoint_every`` steps and on Ctrl-C, and
-    ``resume=True`` continues to the identical result.
+    ``resume=True`` continues to the identical result. Each step is one :meth:`RankSearcher.step`.
     """
-    settings = resolve_settings(preset, weight_lr=weight_lr, selection_lr=selection_lr, warmup_steps=warmup_steps,
-                                lookahead=lookahead, selection_optimizer=selection_optimizer)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    for name, value in (("batch_size", batch_size), ("meta_every", meta_every), ("record_every", record_every)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    branches = {name: b for name, b in adapter_branches(model).items() if b.beta is not None}
-    if not branches:
-        raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
-                         "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
-    betas = [b.beta for b in branches.values()]
-    weights = weight_parameters(model)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    searcher = RankSearcher(model, preset=preset, method=method, weight_lr=weight_lr, selection_lr=selection_lr,
+                            warmup_steps=warmup_steps, lookahead=lookahead, selection_optimizer=selection_optimizer,
+                            eta=eta, weight_decay=weight_decay, meta_every=meta_every, fd_radius=fd_radius,
+                            val_dropout=val_dropout, record_every=record_every)
     d_tr, d_val = split_in_two(train_dataset, seed)
-    device = next(model.parameters()).device
     train_stream = batch_stream(model, d_tr, batch_size, seed=seed, tokenizer=tokenizer)
     val_stream = batch_stream(model, d_val, batch_size, seed=seed + 1, tokenizer=tokenizer)
-    inner = torch.optim.AdamW(weights, lr=settings.weight_lr, weight_decay=weight_decay)
-    outer = _selection_optimizer(settings.selection_optimizer, betas, settings.selection_lr)
-    bilevel = hypergrad.BilevelOptimizer(model, inner, outer, model_loss,
-                                         model_loss if val_dropout else eval_mode_loss, method=method, lr=eta,
-                                         fd_radius=fd_radius, meta_every=meta_every, lookahead=settings.lookahead,
-                                         warmup_steps=settings.warmup_steps)
-    recorder = AlphaRecorder()
-    train_losses: list[float] = []
-    val_losses: list[float] = []
-    diagnostics = {"step": [], "val_loss": [], "direct_norm": [], "mixed_norm": [],
-                   "hypergrad_norm": {name: [] for name in branches}}
-
-    def step(t: int) -> dict:
-        model.train()
-        stats = bilevel.step(to_device(next(train_stream), device), to_device(next(val_stream), device))
-        train_losses.append(stats["train_loss"])
-        if stats["meta_step"]:
-            val_losses.append(stats["val_loss"])
-            diagnostics["step"].append(t + 1)
-            diagnostics["val_loss"].append(stats["val_loss"])
-            diagnostics["direct_norm"].append(stats["direct_norm"])
-            diagnostics["mixed_norm"].append(stats["mixed_norm"])
-            for name, h in zip(branches, bilevel.last_result.hypergrad):
-                diagnostics["hypergrad_norm"][name].append(float(h.norm()))
-        if (t + 1) % record_every == 0 or t + 1 == steps:
-            recorder.record(t + 1, model)
-        return stats
 
     def get_state() -> dict:
-        return {"trainable": trainable_state(model), "bilevel": bilevel.state_dict(),
-                "train_stream": train_stream.state_dict(), "val_stream": val_stream.state_dict(),
-                "recorder": recorder.state_dict(), "train_losses": list(train_losses),
-                "val_losses": list(val_losses), "diagnostics": diagnostics}
+        return {"trainable": trainable_state(model), "searcher": searcher.state_dict(),
+                "train_stream": train_stream.state_dict(), "val_stream": val_stream.state_dict()}
 
     def set_state(state: dict) -> None:
         load_trainable_state(model, state["trainable"])
-        bilevel.load_state_dict(state["bilevel"])
+        searcher.load_state_dict(state["searcher"])
         train_stream.load_state_dict(state["train_stream"])
         val_stream.load_state_dict(state["val_stream"])
-        recorder.load_state_dict(state["recorder"])
-        train_losses[:] = state["train_losses"]
-        val_losses[:] = state["val_losses"]
-        diagnostics.clear()
-        diagnostics.update(state["diagnostics"])
 
-    if not resume:
-        recorder.record(0, model)
-    run_resumable(step, steps, seed=seed, get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
+    run_resumable(lambda t: searcher.step(next(train_stream), next(val_stream)), steps, seed=seed,
+                  get_state=get_state, set_state=set_state, checkpoint_path=checkpoint_path,
                   checkpoint_every=checkpoint_every, resume=resume, callback=callback, progress=progress,
                   description="search")
-    return SearchResult(ranks=read_ranks(model), alphas={n: a.detach().cpu() for n, a in read_alphas(model).items()},
-                        history=recorder.as_history(), train_losses=train_losses, val_losses=val_losses,
-                        diagnostics=diagnostics, selection=stored_config(model).selection)
+    return searcher.result()

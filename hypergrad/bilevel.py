@@ -148,8 +148,13 @@ class BilevelOptimizer:
         after_warmup = self.num_steps - self.warmup_steps
         return after_warmup >= 0 and (after_warmup + 1) % self.meta_every == 0
 
-    def step(self, train_batch: Any, val_batch: Any = None) -> dict:
+    def step(self, train_batch: Any, val_batch: Any = None, *, step_inner: bool = True) -> dict:
         """One inner step on ``train_batch``, plus a meta step on ``val_batch`` every ``meta_every`` calls.
+
+        ``step_inner=False`` leaves the inner step to the caller: g is added to the weights' ``.grad`` (which then
+        hold it, not cleared) and ``inner_optimizer`` is not stepped, so that a training loop that owns the inner
+        optimizer (clipping, schedulers, e.g. transformers.Trainer) steps it afterwards. The meta step still uses the
+        lookahead of ``inner_optimizer``'s state as it is before that step.
 
         Returns {"train_loss": float, "meta_step": bool} and, after a meta step, "val_loss" (Lval at W'),
         "hypergrad_norm" (global 2-norm of h), "direct_norm" and "mixed_norm" (global 2-norms of its direct and
@@ -178,7 +183,10 @@ class BilevelOptimizer:
             hypergrads = result.hypergrad
             stats.update(val_loss=result.val_loss.item(), hypergrad_norm=global_norm(hypergrads).item(),
                          direct_norm=global_norm(result.direct).item(), mixed_norm=global_norm(result.mixed).item())
-        _apply(self.inner_optimizer, self._weights, grads)
+        if step_inner:
+            _apply(self.inner_optimizer, self._weights, grads)
+        else:
+            _accumulate(self._weights, grads)
         if meta:
             _apply(self.outer_optimizer, self._hparams, hypergrads)
         self.num_steps += 1
@@ -225,3 +233,9 @@ def _apply(optimizer: torch.optim.Optimizer, tensors: Tensors, grads: Tensors) -
     optimizer.step()
     for t in tensors:
         t.grad = None
+
+
+def _accumulate(tensors: Tensors, grads: Tensors) -> None:
+    """Add grads to each tensor's .grad (set it where there is none)."""
+    for t, g in zip(tensors, grads):
+        t.grad = g.detach().clone() if t.grad is None else t.grad + g.detach()

@@ -248,3 +248,26 @@ def test_learned_weight_decay_lowers_validation_loss(method):
 def test_first_order_cannot_learn_a_decay_that_only_enters_the_training_loss():
     _, decay = _learned_weight_decay("first_order", outer_lr=0.05, steps=5)
     torch.testing.assert_close(decay, torch.full((12,), torch.exp(torch.tensor(-3.0)).item(), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_inner_false_leaves_g_in_grad_for_the_callers_optimizer(gated_problem, method):
+    """A training loop that owns the inner optimizer (transformers.Trainer) steps it itself: the meta step is the
+    same h as the explicit-update oracle, the weights stay put with .grad = grad_W Ltr (added to what was there)."""
+    problem = gated_problem()
+    unused = problem.unused.detach().clone().requires_grad_()
+    model, inner, outer, opt = _object_api(problem, method, unused=unused)
+    opt.fd_radius = 1e-4
+    before = [w.detach().clone() for w in model.weights()]
+    model.weights()[0].grad = torch.ones_like(model.weights()[0])
+    opt.step(problem.train_batch, problem.val_batch, step_inner=False)
+    for got, want in zip(outer.seen[0], _explicit_one_step(problem, 0.3, method)):
+        torch.testing.assert_close(got, want, rtol=TOLERANCES[method], atol=1e-15)
+    assert inner.seen == []
+    train_grads = torch.autograd.grad(problem.train_loss(problem.params, problem.hparams), problem.params)
+    for i, (w, b, g) in enumerate(zip(model.weights(), before, train_grads)):
+        assert torch.equal(w.detach(), b)
+        torch.testing.assert_close(w.grad, g + (1.0 if i == 0 else 0.0), rtol=1e-13, atol=1e-15)
+    inner.step()
+    for w, p, g in zip(model.weights()[1:], problem.params[1:], train_grads[1:]):
+        torch.testing.assert_close(w.detach(), p.detach() - 0.3 * g, rtol=1e-13, atol=1e-15)
