@@ -27,6 +27,9 @@ from transformers.pytorch_utils import Conv1D
 from autolora.model import adapter_branches, adapter_modules, ranks, stored_config, task_type
 
 PREFIX = "base_model.model."
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+SELECTION_FILE = "selection.safetensors"
 
 
 def peft_lora_factors(module, lora_alpha, prune=False):
@@ -50,15 +53,20 @@ def peft_factors_by_module(model, prune=False):
             for name, module in adapter_modules(model).items()}
 
 
+def head_state(model):
+    """{"<head>.<key>": tensor} of the full state (parameters and buffers) of every head in modules_to_save, keyed
+    as in ``model.state_dict()``, detached on the CPU."""
+    return {f"{head}.{key}": value.detach().contiguous().cpu() for head in stored_config(model).modules_to_save
+            for key, value in model.get_submodule(head).state_dict().items()}
+
+
 def adapter_state_dict(model, factors):
     """PEFT-keyed tensors: the LoRA ``factors`` of every adapted module and the full state of the saved heads."""
     tensors = {}
     for name, (lora_A, lora_B) in factors.items():
         tensors[f"{PREFIX}{name}.lora_A.weight"] = lora_A
         tensors[f"{PREFIX}{name}.lora_B.weight"] = lora_B
-    for head in stored_config(model).modules_to_save:
-        for key, value in model.get_submodule(head).state_dict().items():
-            tensors[f"{PREFIX}{head}.{key}"] = value.detach().contiguous().cpu()
+    tensors.update({PREFIX + key: value for key, value in head_state(model).items()})
     return tensors
 
 
@@ -113,10 +121,10 @@ def export_peft_adapter(model, out_dir, base_model_name_or_path=None, prune=Fals
         raise ValueError("model has no AutoLoRA adapters to export; call autolora.get_autolora_model first")
     factors = peft_factors_by_module(model, prune)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "adapter_config.json"), "w") as handle:
+    with open(os.path.join(out_dir, ADAPTER_CONFIG_FILE), "w") as handle:
         json.dump(adapter_config(model, factors, base_model_name_or_path), handle, indent=2, sort_keys=True)
-    save_file(adapter_state_dict(model, factors), os.path.join(out_dir, "adapter_model.safetensors"),
+    save_file(adapter_state_dict(model, factors), os.path.join(out_dir, ADAPTER_WEIGHTS_FILE),
               metadata={"format": "pt"})
     selection, metadata = selection_state(model)
-    save_file(selection, os.path.join(out_dir, "selection.safetensors"), metadata=metadata)
+    save_file(selection, os.path.join(out_dir, SELECTION_FILE), metadata=metadata)
     return out_dir

@@ -178,6 +178,27 @@ def unmerge_adapters(model):
         module.unmerge()
 
 
+def unload_adapters(model):
+    """Put every adapted layer's ``base_layer`` (the original nn.Linear / Conv1D, with whatever update was merged into
+    it) back in its place and remove ``model.autolora_config``. Returns ``model``. Unmerged updates are dropped: call
+    :func:`merge_and_unload` to keep them. Parameters keep their ``requires_grad`` (the base stays frozen)."""
+    stored_config(model)
+    for name, module in adapter_modules(model).items():
+        model.set_submodule(name, module.base_layer)
+    del model.autolora_config
+    return model
+
+
+def merge_and_unload(model):
+    """Fold every adapter not yet merged into its base weight, then :func:`unload_adapters`: the plain model (same
+    class as before injection, no AutoLoRA module left) whose outputs equal the adapted model's up to the rounding
+    of the merged weights. Returns ``model``."""
+    for module in adapter_modules(model).values():
+        if not module.merged:
+            module.merge()
+    return unload_adapters(model)
+
+
 def task_type(model):
     """PEFT task type of the model class as transformers' auto classes register it (``BertForSequenceClassification``
     -> "SEQ_CLS", ``GPT2LMHeadModel`` -> "CAUSAL_LM"), or None for a class registered for none of them."""
