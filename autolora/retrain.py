@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import load_trainable_state, trainable_state
 from .config import AutoLoRAConfig
+from .data import model_inputs
 from .model import get_autolora_model, ranks as read_ranks
 from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
@@ -46,7 +47,8 @@ class TrainResult:
 
 
 def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int = 16, lr: float = 1e-4,
-          weight_decay: float = 0.01, seed: int = 0, tokenizer=None,
+          weight_decay: float = 0.01, seed: int = 0, tokenizer=None, data_collator=None,
+          text_column: str | tuple[str, str] | None = None, max_length: int = 128,
           checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 50, resume: bool = False,
           callback: Callable[[int, dict], None] | None = None, progress: bool = False) -> TrainResult:
     """Minimise ``model(**batch).loss`` over the LoRA factors and task head with AdamW for ``steps`` steps.
@@ -55,12 +57,16 @@ def train(model: torch.nn.Module, train_dataset, *, steps: int, batch_size: int 
     draws dropout from its own random streams seeded with ``seed`` (restored on resume), leaving the caller's
     global random state untouched. With ``checkpoint_path`` the loop is resumable (see
     :func:`autolora.training.run_resumable`).
+    ``train_dataset``, ``tokenizer``, ``data_collator``, ``text_column`` and ``max_length`` as in
+    :func:`autolora.search`; a DataLoader's batches are used as they come.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     params = weight_parameters(model)
     device = next(model.parameters()).device
-    stream = batch_stream(model, train_dataset, batch_size, seed=seed, tokenizer=tokenizer)
+    stream = batch_stream(model, model_inputs(train_dataset, tokenizer=tokenizer, text_column=text_column,
+                                              max_length=max_length), batch_size, seed=seed, tokenizer=tokenizer,
+                          data_collator=data_collator, checkpointed=checkpoint_path is not None or resume)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     result = TrainResult()
 

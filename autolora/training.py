@@ -36,11 +36,43 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[s
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def batch_stream(model: torch.nn.Module, dataset, batch_size: int, *, seed: int, tokenizer=None) -> BatchStream:
-    """An endless, resumable stream of shuffled batches of ``dataset`` (order from ``seed``), padded with the
-    tokenizer's pad id or, without a tokenizer, the model's ``config.pad_token_id``."""
-    return BatchStream(make_loader(dataset, batch_size, shuffle=True, seed=seed, tokenizer=tokenizer,
-                                   pad_token_id=pad_token_id_of(model)))
+def batch_stream(model: torch.nn.Module, data, batch_size: int, *, seed: int, tokenizer=None, data_collator=None,
+                 checkpointed: bool = False) -> Iterator[dict]:
+    """An endless stream of batches of ``data``, a dataset or a DataLoader (as :func:`autolora.data.model_inputs`
+    returns them).
+
+    A dataset: shuffled batches of ``batch_size`` rows (order from ``seed``), collated by ``data_collator`` or
+    padded with the tokenizer's pad id or, without a tokenizer, the model's ``config.pad_token_id``; resumable
+    (a :class:`BatchStream`).
+    A DataLoader: its batches as they come, epoch after epoch (``batch_size``, ``seed`` and ``tokenizer`` unused).
+    It is resumable when its order comes from its own ``torch.Generator``
+    (``DataLoader(..., shuffle=True, generator=torch.Generator().manual_seed(s))``, whose state a checkpoint saves
+    before the batches drawn are replayed); ``checkpointed=True`` (the loop saves or resumes checkpoints) refuses
+    a DataLoader without one.
+    """
+    if not isinstance(data, torch.utils.data.DataLoader):
+        return BatchStream(make_loader(data, batch_size, shuffle=True, seed=seed, tokenizer=tokenizer,
+                                       pad_token_id=pad_token_id_of(model), data_collator=data_collator))
+    if data_collator is not None:
+        raise ValueError("data_collator collates rows of a dataset; a DataLoader collates its batches itself "
+                         "(pass the collator as its collate_fn)")
+    if data.generator is not None:
+        return BatchStream(data)
+    if checkpointed:
+        raise ValueError("checkpointing or resuming with a DataLoader needs a reproducible batch order: build it "
+                         "with generator=torch.Generator().manual_seed(seed), or pass the dataset itself")
+    return _epochs(data)
+
+
+def _epochs(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    """The loader's batches, epoch after epoch (no saved position)."""
+    while True:
+        drawn = 0
+        for batch in loader:
+            drawn += 1
+            yield batch
+        if drawn == 0:
+            raise ValueError("the data loader yields no batches: its dataset is empty")
 
 
 @contextlib.contextmanager

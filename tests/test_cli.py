@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 from autolora.checkpoint import load_checkpoint
 from autolora.cli import main
 from autolora.config import AutoLoRAConfig
-from autolora.data import load_files
+from autolora.data import load_builtin_task, load_files
 from autolora.evaluation import predict
 from autolora.tasks import METRIC_NAMES
 from autolora.model import adapter_branches, get_autolora_model
@@ -458,3 +458,147 @@ def test_cola_summary_reports_the_tasks_metrics_matthews_correlation_first(works
     recorded = json.loads((tmp_path / "metrics.json").read_text())["validation"]
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("validation ")]
     assert printed == [f"validation {name}: {recorded[name]:.4f}" for name in ("matthews_corrcoef", "accuracy", "f1")]
+
+
+# ------------------------------------------------------------------------------- --dataset-dir and GLUE data
+
+
+def split_as_dataset(task_type, path):
+    """The rows of one CSV split as a datasets.Dataset with the features a hub dataset has: a 'sentence' and a
+    ClassLabel 'label', a 'text' and a float 'label', or 'tokens' and Sequence(ClassLabel) 'ner_tags'."""
+    rows = list(csv.DictReader(open(path, encoding="utf-8")))
+    if task_type == "token-classification":
+        features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                      "ner_tags": datasets.Sequence(datasets.ClassLabel(names=TAGS))})
+        columns = {"tokens": [r["text"].split() for r in rows],
+                   "ner_tags": [[TAGS.index(t) for t in r["label"].split()] for r in rows]}
+    elif task_type == "classification":
+        features = datasets.Features({"sentence": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=["neg", "pos"])})
+        columns = {"sentence": [r["text"] for r in rows], "label": [int(r["label"]) for r in rows]}
+    else:
+        features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("float64")})
+        columns = {"text": [r["text"] for r in rows], "label": [float(r["label"]) for r in rows]}
+    return datasets.Dataset.from_dict({**columns, "idx": list(range(len(rows)))},
+                                      features=datasets.Features({**features, "idx": datasets.Value("int64")}))
+
+
+@pytest.fixture(scope="module")
+def dataset_dirs(workspace):
+    """Per task type, a DatasetDict of the CSV files' splits written with save_to_disk."""
+    dirs = {}
+    for task_type, files in workspace["files"].items():
+        dirs[task_type] = workspace["root"] / f"dataset-{task_type}"
+        datasets.DatasetDict({split: split_as_dataset(task_type, path) for split, path in files.items()}
+                             ).save_to_disk(dirs[task_type])
+    return dirs
+
+
+def dataset_dir_args(workspace, dataset_dir, output_dir, *extra, command="run"):
+    """:func:`cli_args` with --dataset-dir in place of the file, task-type and column flags."""
+    args = cli_args(workspace, "classification", output_dir, command)
+    start = args.index("--train-file")
+    return args[:start] + ["--dataset-dir", str(dataset_dir)] + args[args.index("--output-dir"):] + list(extra)
+
+
+@pytest.mark.parametrize("task_type", list(NUM_LABELS))
+def test_dataset_dir_run_equals_the_run_on_the_same_rows_in_files(workspace, runs, dataset_dirs, tmp_path, task_type):
+    """Columns, task type (ClassLabel, float, Sequence(ClassLabel)), label names and the three splits are taken from
+    the saved DatasetDict: ranks, alphas, adapter and metrics.json equal those of the CSV run with explicit flags."""
+    out = tmp_path / "out"
+    main(dataset_dir_args(workspace, dataset_dirs[task_type], out))
+    assert_same_outputs(out, runs[task_type])
+
+
+def test_dataset_dir_without_evaluation_splits_searches_and_named_splits_are_used(workspace, dataset_dirs, tmp_path):
+    """A DatasetDict with only a training split is enough for `search` (it splits the training set 1:1 itself);
+    --train-split / --test-split pick renamed splits, and `run` evaluates on the one named."""
+    train_only = tmp_path / "train-only"
+    saved = datasets.load_from_disk(dataset_dirs["classification"])
+    datasets.DatasetDict({"train": saved["train"]}).save_to_disk(train_only)
+    main(dataset_dir_args(workspace, train_only, tmp_path / "search", command="search"))
+    assert os.path.getsize(tmp_path / "search/ranks.json") > 0
+    renamed = tmp_path / "renamed"
+    datasets.DatasetDict({"fit": saved["train"], "heldout": saved["test"]}).save_to_disk(renamed)
+    main(dataset_dir_args(workspace, renamed, tmp_path / "run", "--train-split", "fit", "--test-split", "heldout"))
+    assert list(json.loads((tmp_path / "run/metrics.json").read_text())) == ["test"]
+    assert "24 train examples" in (tmp_path / "run/run.log").read_text()
+
+
+def dataset_dir_errors(workspace, dataset_dirs, tmp_path):
+    """{error class: (argv, words the message must hold)} for input errors of --dataset-dir."""
+    saved = datasets.load_from_disk(dataset_dirs["classification"])
+    saved["train"].save_to_disk(tmp_path / "single")
+    datasets.DatasetDict({"train": saved["train"].rename_column("sentence", "body")}).save_to_disk(tmp_path / "body")
+    (tmp_path / "plain-dir").mkdir()
+    good = dataset_dirs["classification"]
+    return {
+        "missing split": (dataset_dir_args(workspace, good, tmp_path / "o", "--validation-split", "dev"),
+                          ["no split 'dev'", "train", "validation", "test"]),
+        "single dataset": (dataset_dir_args(workspace, tmp_path / "single", tmp_path / "o"), ["single Dataset"]),
+        "not a dataset": (dataset_dir_args(workspace, tmp_path / "plain-dir", tmp_path / "o"),
+                          ["plain-dir", "save_to_disk"]),
+        "missing directory": (dataset_dir_args(workspace, tmp_path / "nowhere", tmp_path / "o"),
+                              ["not found", "nowhere"]),
+        "no text column": (dataset_dir_args(workspace, tmp_path / "body", tmp_path / "o"),
+                           ["no text column", "'body'", "--text-column"]),
+        "missing label column": (dataset_dir_args(workspace, good, tmp_path / "o", "--label-column", "stars"),
+                                 ["'stars'", "not found", "sentence"]),
+        "two sources": (dataset_dir_args(workspace, good, tmp_path / "o", "--task", "rotten_tomatoes"),
+                        ["--task and --dataset-dir"]),
+        "split without directory": (cli_args(workspace, "classification", tmp_path / "o", "run", "--test-split", "x"),
+                                    ["--test-split", "--dataset-dir"]),
+    }
+
+
+@pytest.mark.parametrize("error_class", ["missing split", "single dataset", "not a dataset", "missing directory",
+                                         "no text column", "missing label column", "two sources",
+                                         "split without directory"])
+def test_dataset_dir_input_errors_exit_2_with_one_line(workspace, dataset_dirs, tmp_path, capsys, error_class):
+    argv, words = dataset_dir_errors(workspace, dataset_dirs, tmp_path)[error_class]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith("autolora: error: "), stderr
+    assert all(word in stderr for word in words), stderr
+
+
+def test_glue_task_reads_parquet_files_through_the_real_load_dataset(workspace, tmp_path, monkeypatch):
+    """`--task mrpc` with datasets.load_dataset("glue", "mrpc") answered by the real load_dataset reading parquet
+    files of an MRPC-shaped dataset (sentence1, sentence2, ClassLabel label, idx). The recorded validation metrics
+    equal the textbook metrics of the exported adapter (stock PEFT) on the validation pairs, each tokenised as a
+    pair by the tokenizer itself, one example at a time; the task's validation split equals those pairs."""
+    rng = random.Random(3)
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"]),
+                                  "idx": datasets.Value("int32")})
+    files = {}
+    for split, n in (("train", 16), ("validation", 8)):
+        firsts, seconds = (synthetic_rows("classification", n, rng) for _ in range(2))
+        columns = {"sentence1": [t for t, _ in firsts], "sentence2": [t for t, _ in seconds],
+                   "label": [a ^ b for (_, a), (_, b) in zip(firsts, seconds)], "idx": list(range(n))}
+        files[split] = str(tmp_path / f"{split}.parquet")
+        datasets.Dataset.from_dict(columns, features=features).to_parquet(files[split])
+    load_dataset, calls = datasets.load_dataset, []
+
+    def glue_from_parquet(path, name=None, **kwargs):
+        calls.append((path, name))
+        return load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "cache"))
+
+    monkeypatch.setattr(datasets, "load_dataset", glue_from_parquet)
+    out = tmp_path / "mrpc"
+    main(["run", "--model", workspace["model"], "--task", "mrpc", "--output-dir", str(out), "--max-rank", "2",
+          "--batch-size", "4", "--max-length", "12", "--search-steps", "2", "--retrain-steps", "2"])
+    assert calls == [("glue", "mrpc")]
+    validation = datasets.Dataset.from_parquet(files["validation"])
+    tokenizer = AutoTokenizer.from_pretrained(workspace["model"])
+    encoded = tokenizer(list(validation["sentence1"]), list(validation["sentence2"]), truncation=True, max_length=12)
+    pairs = datasets.Dataset.from_dict({**encoded, "labels": list(validation["label"])})
+    peft_model = PeftModel.from_pretrained(load_base(workspace, "classification", 2), out / "adapter")
+    expected = metrics_by_hand("classification", outputs_one_by_one(peft_model, pairs), pairs, None)
+    assert json.loads((out / "metrics.json").read_text()) == {"validation": pytest.approx(expected, abs=1e-5)}
+    task = load_builtin_task("mrpc", tokenizer, max_length=12)  # what the run trained and evaluated on
+    assert task.validation.to_list() == pairs.to_list() and len(task.train) == 16 and task.test is None
+    assert task.label_names == ["not_equivalent", "equivalent"]

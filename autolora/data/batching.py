@@ -16,14 +16,17 @@ NO_PAD_ID = ("input_ids need padding but no pad token id is known: pass make_loa
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, tokenizer=None,
-                pad_token_id: int | None = None) -> torch.utils.data.DataLoader:
+                pad_token_id: int | None = None, data_collator=None) -> torch.utils.data.DataLoader:
     """DataLoader yielding dicts of tensors padded to the longest sequence of each batch.
 
+    ``dataset`` is any map-style dataset whose rows are dicts (a ``datasets.Dataset``, a ``torch`` Dataset, a list).
     ``input_ids`` are padded with ``tokenizer.pad_token_id``, or without a tokenizer with ``pad_token_id`` (pass
     ``model.config.pad_token_id``: GPT-2/LLaMA classifiers pool the last token whose id is not that one). A batch
     that needs padding when no pad id is known raises ValueError.
     ``labels`` sequences are padded with -100, every other sequence column with 0, on ``tokenizer.padding_side``
-    (default right). Scalar labels become int64, or float32 when they are floats (regression).
+    (default right). Scalar labels become int64, or float32 when they are floats (regression). These are the
+    semantics of ``transformers.DataCollatorWithPadding`` and ``DataCollatorForTokenClassification``; either (or
+    any callable from a list of rows to a batch) can be passed as ``data_collator`` to collate instead.
     With ``shuffle=True`` the order comes from a ``torch.Generator`` seeded with ``seed``: the same seed gives the
     same sequence of epochs.
     """
@@ -37,7 +40,7 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int = 0, token
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
-        collate_fn=functools.partial(collate_padded, pad_id=pad_id, padding_side=side),
+        collate_fn=data_collator or functools.partial(collate_padded, pad_id=pad_id, padding_side=side),
     )
 
 
@@ -49,13 +52,14 @@ def pad_token_id_of(model) -> int | None:
 def collate_padded(rows: list[dict], pad_id: int | None, *, padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Stack a list of examples into tensors: sequence columns (token ids, masks, tag ids) become int64 and are
     padded to the batch's longest row; scalar columns become int64, or float32 if any value is a float; a column
-    of equal-length float vectors (multi-output regression labels) becomes a float32 matrix.
+    of equal-length float vectors (multi-output regression labels) becomes a float32 matrix. Values may be Python
+    lists and numbers, or tensors / NumPy arrays holding them.
     ``input_ids`` are padded with ``pad_id``; ValueError when they need padding and ``pad_id`` is None."""
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     batch = {}
     for key in rows[0]:
-        values = [row[key] for row in rows]
+        values = [_as_python(row[key]) for row in rows]
         if _is_float_vector(values[0]):
             if len({len(v) for v in values}) > 1:
                 raise ValueError(f"column {key!r} holds float vectors of different lengths; regression targets "
@@ -74,6 +78,11 @@ def collate_padded(rows: list[dict], pad_id: int | None, *, padding_side: str = 
         else:
             raise TypeError(f"column {key!r} holds {type(values[0]).__name__} values; keep only numeric columns")
     return batch
+
+
+def _as_python(value):
+    """A tensor or NumPy array (or scalar) as the nested Python lists / numbers it holds; anything else as is."""
+    return value.tolist() if isinstance(value, (torch.Tensor, np.ndarray, np.generic)) else value
 
 
 def _is_float_vector(value) -> bool:
