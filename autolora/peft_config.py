@@ -6,7 +6,9 @@ Field mapping (``LoraConfig`` -> :class:`autolora.AutoLoRAConfig`):
 * ``r`` -> ``max_rank``: k, the rank-1 components each target module offers the search;
 * ``target_modules``, ``layers_to_transform``, ``layers_pattern``, ``exclude_modules`` -> the module names PEFT's own
   matching selects in the model (``target_modules=None``: PEFT's default for the model type);
-* ``lora_alpha``, ``lora_dropout`` -> the same fields; ``modules_to_save`` -> the same (None: our default heads);
+* ``lora_alpha``, ``lora_dropout`` -> the same fields; ``modules_to_save`` -> the modules PEFT trains in full: the
+  config's, plus the heads PEFT's task model for ``task_type`` adds (``classifier``/``score`` for SEQ_CLS and
+  TOKEN_CLS, ``qa_outputs`` for QUESTION_ANS; none without a task type), and no target inside them is adapted;
 * honoured as they are in the returned config (they concern the retrain only): ``task_type``, ``init_lora_weights``
   (except "eva", which reallocates ranks itself), ``inference_mode``, ``base_model_name_or_path``, ``revision``;
 * ``fan_in_fan_out`` is set from the layers (True for GPT-2's Conv1D), as PEFT itself corrects it;
@@ -26,11 +28,13 @@ from typing import Mapping
 
 import torch
 
-from .config import AutoLoRAConfig
+from .config import AutoLoRAConfig, name_matches
 from .model import adapter_modules, stored_config
 
 HONOURED = {"r", "target_modules", "layers_to_transform", "layers_pattern", "exclude_modules", "lora_alpha",
             "lora_dropout", "modules_to_save", "fan_in_fan_out"}
+# The heads PEFT's task models (PeftModelForSequenceClassification, ...) add to modules_to_save.
+TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
 PASSED_THROUGH = {"task_type", "init_lora_weights", "inference_mode", "base_model_name_or_path", "revision",
                   "peft_type", "peft_version", "auto_mapping", "megatron_core", "runtime_config"}
 
@@ -47,6 +51,9 @@ def _check_lora_config(lora_config) -> None:
     peft = _peft()
     if not isinstance(lora_config, peft.LoraConfig):
         raise TypeError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}")
+    if lora_config.init_lora_weights == "eva":
+        raise ValueError("init_lora_weights='eva' redistributes ranks itself; a searched rank_pattern would be "
+                         "overridden. Use another initialisation with the searched config")
     default = peft.LoraConfig()
     refused = sorted(f.name for f in dataclasses.fields(lora_config)
                      if f.name not in HONOURED | PASSED_THROUGH
@@ -54,9 +61,14 @@ def _check_lora_config(lora_config) -> None:
     if refused:
         raise ValueError(f"LoraConfig fields {refused} cannot be honoured by the rank search (it sets the ranks and "
                          "uses plain LoRA scaling lora_alpha / r); leave them at their defaults")
-    if lora_config.init_lora_weights == "eva":
-        raise ValueError("init_lora_weights='eva' redistributes ranks itself; a searched rank_pattern would be "
-                         "overridden. Use another initialisation with the searched config")
+
+
+def peft_heads(model: torch.nn.Module, lora_config) -> list[str]:
+    """The modules PEFT trains in full for ``lora_config``: its ``modules_to_save`` plus the heads of
+    :data:`TASK_HEADS` for its ``task_type`` that the model has."""
+    task_heads = [head for head in TASK_HEADS.get(lora_config.task_type, ())
+                  if any(name_matches(name, [head]) for name, _ in model.named_modules())]
+    return list(dict.fromkeys(list(lora_config.modules_to_save or []) + task_heads))
 
 
 def target_module_names(model: torch.nn.Module, lora_config) -> list[str]:
@@ -66,13 +78,13 @@ def target_module_names(model: torch.nn.Module, lora_config) -> list[str]:
     _peft()
     from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-    config = lora_config
+    config = dataclasses.replace(lora_config, modules_to_save=peft_heads(model, lora_config) or None)
     if config.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULTS:
             raise ValueError(f"LoraConfig.target_modules is None and PEFT has no default for model_type "
                              f"{model_type!r}; pass target_modules")
-        config = dataclasses.replace(lora_config, target_modules=list(DEFAULTS[model_type]))
+        config = dataclasses.replace(config, target_modules=list(DEFAULTS[model_type]))
 
     def adapted(name: str) -> bool:
         found = check_target_module_exists(config, name)
@@ -87,13 +99,12 @@ def target_module_names(model: torch.nn.Module, lora_config) -> list[str]:
 
 def autolora_config_from(lora_config, model: torch.nn.Module) -> AutoLoRAConfig:
     """The :class:`AutoLoRAConfig` that searches ``lora_config.r`` components in each module ``get_peft_model(model,
-    lora_config)`` would adapt, with its ``lora_alpha``, ``lora_dropout`` and ``modules_to_save`` (ValueError for a
-    field the search cannot honour; see the module docstring)."""
+    lora_config)`` would adapt, with its ``lora_alpha``, ``lora_dropout`` and the heads PEFT trains in full
+    (:func:`peft_heads`; ValueError for a field the search cannot honour; see the module docstring)."""
     _check_lora_config(lora_config)
-    modules_to_save = None if lora_config.modules_to_save is None else list(lora_config.modules_to_save)
     return AutoLoRAConfig(target_modules=target_module_names(model, lora_config), max_rank=lora_config.r,
                           lora_alpha=float(lora_config.lora_alpha), lora_dropout=float(lora_config.lora_dropout),
-                          modules_to_save=modules_to_save)
+                          modules_to_save=peft_heads(model, lora_config))
 
 
 def module_ranks(model: torch.nn.Module, branch_ranks: Mapping[str, int]) -> dict[str, int]:

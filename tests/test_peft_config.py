@@ -30,9 +30,7 @@ def searched_model(factory, lora_config):
 @pytest.mark.parametrize("field,value", [
     ("use_rslora", True), ("use_dora", True), ("bias", "all"), ("rank_pattern", {"query": 2}),
     ("alpha_pattern", {"query": 4}),
-    pytest.param("init_lora_weights", "eva", marks=pytest.mark.xfail(
-        strict=True, reason="peft_config refuses the eva_config PEFT fills in for init_lora_weights='eva' before "
-                            "its own check, so the message names eva_config, not init_lora_weights")),
+    ("init_lora_weights", "eva"),
     ("layer_replication", [[0, 1]]), ("lora_bias", True)])
 def test_refused_field_raises_naming_it(field, value):
     lora_config = LoraConfig(r=4, target_modules=["query", "value"], **{field: value})
@@ -56,18 +54,17 @@ TARGET_CASES = [
     (tiny_llama, {"target_modules": r".*\.(q_proj|o_proj)"}),
     (tiny_llama, {"target_modules": ["q_proj", "k_proj", "v_proj"], "exclude_modules": ["k_proj"]}),
     (tiny_bert, {}), (tiny_gpt2, {}), (tiny_llama, {}),
-    pytest.param(tiny_roberta, {"target_modules": ["dense"]}, marks=pytest.mark.xfail(
-        strict=True, reason="target_module_names ignores the heads PEFT's SEQ_CLS task type adds to "
-                            "modules_to_save, so it keeps classifier.dense, which PEFT leaves alone")),
+    (tiny_roberta, {"target_modules": ["dense"]}),
 ]
 TARGET_IDS = ["bert-layers", "bert-layer-int-pattern", "bert-exclude", "bert-regex", "bert-exclude-regex",
               "gpt2-layers", "llama-regex", "llama-exclude", "bert-default", "gpt2-default", "llama-default",
               "roberta-dense"]
 
 
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", None])
 @pytest.mark.parametrize("factory,fields", TARGET_CASES, ids=TARGET_IDS)
-def test_search_adapts_the_modules_peft_adapts(factory, fields):
-    lora_config = LoraConfig(r=4, task_type="SEQ_CLS", **fields)
+def test_search_adapts_the_modules_peft_adapts(factory, fields, task_type):
+    lora_config = LoraConfig(r=4, task_type=task_type, **fields)
     expected = set(peft_adapted(factory, lora_config))
     assert expected
     assert set(target_module_names(factory(), lora_config)) == expected
