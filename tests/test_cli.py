@@ -510,14 +510,25 @@ def test_dataset_dir_run_equals_the_run_on_the_same_rows_in_files(workspace, run
     assert_same_outputs(out, runs[task_type])
 
 
-def test_dataset_dir_without_evaluation_splits_searches_and_named_splits_are_used(workspace, dataset_dirs, tmp_path):
-    """A DatasetDict with only a training split is enough for `search` (it splits the training set 1:1 itself);
-    --train-split / --test-split pick renamed splits, and `run` evaluates on the one named."""
-    train_only = tmp_path / "train-only"
+def hide_labels(dataset):
+    """The dataset with every label -1, as GLUE's test splits ship."""
+    return dataset.map(lambda row: {"label": -1})
+
+
+def test_dataset_dir_splits_default_to_those_present_and_labelled_and_named_ones_are_used(workspace, dataset_dirs,
+                                                                                           tmp_path):
+    """A DatasetDict with only a training split is enough for `search` (it splits the training set 1:1 itself); a
+    test split whose labels are all -1 is passed over for the validation split; --train-split / --test-split pick
+    renamed splits, and `run` evaluates on the one named."""
     saved = datasets.load_from_disk(dataset_dirs["classification"])
-    datasets.DatasetDict({"train": saved["train"]}).save_to_disk(train_only)
-    main(dataset_dir_args(workspace, train_only, tmp_path / "search", command="search"))
+    datasets.DatasetDict({"train": saved["train"]}).save_to_disk(tmp_path / "train-only")
+    main(dataset_dir_args(workspace, tmp_path / "train-only", tmp_path / "search", command="search"))
     assert os.path.getsize(tmp_path / "search/ranks.json") > 0
+    glue_like = datasets.DatasetDict({"train": saved["train"], "validation": saved["validation"],
+                                      "test": hide_labels(saved["test"])})
+    glue_like.save_to_disk(tmp_path / "glue-like")
+    main(dataset_dir_args(workspace, tmp_path / "glue-like", tmp_path / "glue-run"))
+    assert list(json.loads((tmp_path / "glue-run/metrics.json").read_text())) == ["validation"]
     renamed = tmp_path / "renamed"
     datasets.DatasetDict({"fit": saved["train"], "heldout": saved["test"]}).save_to_disk(renamed)
     main(dataset_dir_args(workspace, renamed, tmp_path / "run", "--train-split", "fit", "--test-split", "heldout"))
@@ -530,9 +541,13 @@ def dataset_dir_errors(workspace, dataset_dirs, tmp_path):
     saved = datasets.load_from_disk(dataset_dirs["classification"])
     saved["train"].save_to_disk(tmp_path / "single")
     datasets.DatasetDict({"train": saved["train"].rename_column("sentence", "body")}).save_to_disk(tmp_path / "body")
+    hidden = datasets.DatasetDict({"train": saved["train"], "test": hide_labels(saved["test"])})
+    hidden.save_to_disk(tmp_path / "hidden")
     (tmp_path / "plain-dir").mkdir()
     good = dataset_dirs["classification"]
     return {
+        "named split without labels": (dataset_dir_args(workspace, tmp_path / "hidden", tmp_path / "o",
+                                                        "--test-split", "test"), ["split 'test'", "no labels", "-1"]),
         "missing split": (dataset_dir_args(workspace, good, tmp_path / "o", "--validation-split", "dev"),
                           ["no split 'dev'", "train", "validation", "test"]),
         "single dataset": (dataset_dir_args(workspace, tmp_path / "single", tmp_path / "o"), ["single Dataset"]),
@@ -551,9 +566,12 @@ def dataset_dir_errors(workspace, dataset_dirs, tmp_path):
     }
 
 
-@pytest.mark.parametrize("error_class", ["missing split", "single dataset", "not a dataset", "missing directory",
-                                         "no text column", "missing label column", "two sources",
-                                         "split without directory"])
+DATASET_DIR_ERRORS = ["named split without labels", "missing split", "single dataset", "not a dataset",
+                      "missing directory", "no text column", "missing label column", "two sources",
+                      "split without directory"]
+
+
+@pytest.mark.parametrize("error_class", DATASET_DIR_ERRORS)
 def test_dataset_dir_input_errors_exit_2_with_one_line(workspace, dataset_dirs, tmp_path, capsys, error_class):
     argv, words = dataset_dir_errors(workspace, dataset_dirs, tmp_path)[error_class]
     capsys.readouterr()

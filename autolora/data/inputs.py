@@ -147,10 +147,7 @@ def raw_task_from_datasets(splits: Mapping[str, datasets.Dataset], *, task_type:
         raise ValueError(f"splits must include 'train' and be among {SPLITS}, got {list(splits)}")
     columns = splits["train"].column_names
     text_column, text_pair_column = _text_columns(columns, text_column, text_pair_column)
-    label_column = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
-    if label_column is None:
-        raise ValueError(f"found no label column ({', '.join(LABEL_COLUMNS)}) among the columns {columns}; name it "
-                         "with label_column (--label-column)")
+    label_column = _label_column(columns, label_column)
     needed = [c for c in (text_column, text_pair_column, label_column) if c]
     for name, split in splits.items():
         missing = [c for c in needed if c not in split.column_names]
@@ -181,6 +178,15 @@ def _text_columns(columns: list[str], text_column: str | None, text_pair_column:
     candidates = ", ".join(text if pair is None else f"{text}+{pair}" for text, pair in TEXT_COLUMNS)
     raise ValueError(f"found no text column ({candidates}) among the columns {columns}; name it with text_column "
                      "(--text-column)")
+
+
+def _label_column(columns: list[str], label_column: str | None) -> str:
+    """``label_column``, or the first of :data:`LABEL_COLUMNS` among ``columns``."""
+    found = label_column or next((c for c in LABEL_COLUMNS if c in columns), None)
+    if found is None:
+        raise ValueError(f"found no label column ({', '.join(LABEL_COLUMNS)}) among the columns {columns}; name it "
+                         "with label_column (--label-column)")
+    return found
 
 
 def infer_task_type(feature, column: str = "label") -> str:
@@ -229,22 +235,38 @@ def load_dataset_dir(path, tokenizer, *, train_split: str = "train", validation_
     """Read and tokenise a ``datasets.DatasetDict`` written by ``save_to_disk`` to ``path``.
 
     ``train_split`` must be one of its splits. ``validation_split`` and ``test_split`` name the evaluation splits;
-    None takes "validation" / "test" when the directory has them, and leaves the task without that split otherwise
-    (as without ``validation_file`` in :func:`load_files`; the search splits the training set 1:1 in any case).
+    None takes "validation" / "test" when the directory has it with labels (a ClassLabel column of -1 only, as in
+    GLUE's test sets, has none), and leaves the task without that split otherwise (as without ``validation_file``
+    in :func:`load_files`; the search splits the training set 1:1 in any case).
     Columns, task type and labels as in :func:`raw_task_from_datasets`; ``max_examples`` keeps that many training
     examples drawn with ``seed``.
     """
     saved = _load_dataset_dict(path)
-    requested = {"train": train_split, "validation": validation_split, "test": test_split}
-    chosen = {}
-    for ours, theirs in requested.items():
-        if theirs is not None and theirs not in saved:
-            raise ValueError(f"{path} has no split {theirs!r}; its splits: {list(saved)}")
-        if theirs is not None or ours in saved:
-            chosen[ours] = saved[theirs or ours]
-    raw = raw_task_from_datasets(chosen, task_type=task_type, text_column=text_column,
+    splits = {"train": _saved_split(saved, train_split, path)}
+    label_column = _label_column(splits["train"].column_names, label_column)
+    for ours, theirs in (("validation", validation_split), ("test", test_split)):
+        if theirs is not None:
+            splits[ours] = _saved_split(saved, theirs, path)
+            if _hidden_labels(splits[ours], label_column):
+                raise ValueError(f"split {theirs!r} of {path} has no labels (every {label_column!r} is -1, as in "
+                                 "GLUE's test sets); evaluate on another split")
+        elif ours in saved and not _hidden_labels(saved[ours], label_column):
+            splits[ours] = saved[ours]
+    raw = raw_task_from_datasets(splits, task_type=task_type, text_column=text_column,
                                  text_pair_column=text_pair_column, label_column=label_column)
     return tokenize_task(_cap_train(raw, max_examples, seed), tokenizer, max_length=max_length)
+
+
+def _saved_split(saved: datasets.DatasetDict, name: str, path) -> datasets.Dataset:
+    if name not in saved:
+        raise ValueError(f"{path} has no split {name!r}; its splits: {list(saved)}")
+    return saved[name]
+
+
+def _hidden_labels(split: datasets.Dataset, label_column: str) -> bool:
+    """Whether every label of a ClassLabel column is -1 (datasets' value for a missing label)."""
+    feature = split.features.get(label_column)
+    return isinstance(feature, datasets.ClassLabel) and len(split) > 0 and set(split[label_column]) == {-1}
 
 
 def _load_dataset_dict(path) -> datasets.DatasetDict:
