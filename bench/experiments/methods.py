@@ -208,11 +208,13 @@ def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-def search_allocation(cell: Cell, preset: str) -> tuple[dict[str, int], dict]:
-    """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper") for ``search_steps`` steps
-    (k = ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components
-    by margin (``SearchResult.budget_ranks``). The one place the suite calls the search."""
-    model = autolora.get_autolora_model(cell.base_model(), AutoLoRAConfig(max_rank=cell.recipe.search_max_rank))
+def search_allocation(cell: Cell, preset: str, selection: str = "softmax") -> tuple[dict[str, int], dict]:
+    """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper") and ``selection``
+    ("softmax" as in the paper, or "sigmoid") for ``search_steps`` steps (k = ``search_max_rank`` components per
+    module), then the budget readout of N = reference_rank * M components by margin (``SearchResult.budget_ranks``).
+    The one place the suite calls the search."""
+    model = autolora.get_autolora_model(cell.base_model(), AutoLoRAConfig(max_rank=cell.recipe.search_max_rank,
+                                                                          selection=selection))
     with cell.phase("allocation"):
         result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
                                  batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
@@ -234,9 +236,9 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
             "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
-def autolora_method(preset: str) -> Callable[[Cell], Outcome]:
+def autolora_method(preset: str, selection: str = "softmax") -> Callable[[Cell], Outcome]:
     def run(cell: Cell) -> Outcome:
-        ranks, diagnostics = search_allocation(cell, preset)
+        ranks, diagnostics = search_allocation(cell, preset, selection)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
     return run
 
@@ -346,6 +348,8 @@ METHODS = {method.name: method for method in (
            "AdaLoRA's allocation (PEFT, init_r 8, target_r 4), our retraining"),
     Method("autolora_paper", autolora_method("paper"), False, True, True,
            "AutoLoRA search, paper preset, budget readout"),
+    Method("autolora_sigmoid", autolora_method("default", "sigmoid"), False, True, True,
+           "AutoLoRA search, library defaults with sigmoid selection (no per-layer sum), budget readout"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),
