@@ -44,6 +44,8 @@ CONFIGS = {
     "lr+warmup+selection_lr": dict(preset="paper", weight_lr=1e-2, warmup_steps=50, selection_lr=1e-2),
     "lr+warmup+sgd_logits": dict(preset="paper", weight_lr=1e-2, warmup_steps=50, selection_optimizer="sgd",
                                  selection_lr=1e3),
+    "default, sigmoid": dict(preset="default", selection="sigmoid"),
+    "default, sigmoid, 1000 steps": dict(preset="default", selection="sigmoid", steps=1000),
 }
 
 
@@ -64,14 +66,15 @@ def spearman(found):
 def run(config: str, seed: int, steps: int) -> dict:
     data = planted_rank_dataset(base_model(), dict(zip(MODULES, PLANTED)), num_examples=512, seq_len=8, sigma=1.0,
                                 seed=0)
+    options = {"steps": steps, **CONFIGS[config]}
+    selection = options.pop("selection", "softmax")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = get_autolora_model(base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[]))
-    options = {"steps": steps, **CONFIGS[config]}
+        model = get_autolora_model(base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[], selection=selection))
     start = time.perf_counter()
     result = search(model, data, seed=seed, **options)
     summary = result.summary()
-    return {"config": config, "seed": seed, "options": options,
+    return {"config": config, "seed": seed, "options": options, "selection": selection,
             "seconds": time.perf_counter() - start, "planted": dict(zip(MODULES, PLANTED)),
             "threshold_ranks": result.ranks, "spearman_threshold": spearman(result.ranks),
             "train_loss_first": summary["train_loss_first"], "train_loss_last": summary["train_loss_last"],
@@ -83,7 +86,8 @@ def run(config: str, seed: int, steps: int) -> dict:
 def readouts(record: dict) -> dict:
     """Margins (current definition) from the cached alpha history: the budget readout, its Spearman, the share of
     modules whose every component is separated."""
-    margins = {n: component_margins(torch.tensor(h), "softmax") for n, h in record["alpha_history"].items()}
+    selection = record.get("selection", "softmax")
+    margins = {n: component_margins(torch.tensor(h), selection) for n, h in record["alpha_history"].items()}
     verdict = separation_verdict(margins)
     return {"spearman_budget": spearman(budget_ranks(margins, BUDGET)), "separated_share": verdict["separated_share"]}
 
