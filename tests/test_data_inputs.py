@@ -282,3 +282,16 @@ def test_bad_inputs_raise_clear_errors(tokenizer):
     int_tags = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "ner_tags": [[0, 1]]})
     with pytest.raises(ValueError, match=r"'ner_tags' holds integer tags without names.*ClassLabel"):
         raw_task_from_datasets({"train": int_tags})
+
+
+def test_split_in_two_splits_a_bare_torch_dataset_into_subsets_of_the_same_indices():
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 9
+
+        def __getitem__(self, i):
+            return {"input_ids": [2, 10 + i, 3], "labels": i % 3}
+
+    from_torch = [[part[i]["input_ids"][1] for i in range(len(part))] for part in split_in_two(Rows(), seed=4)]
+    listed = datasets.Dataset.from_list([Rows()[i] for i in range(9)])
+    assert from_torch == [[r["input_ids"][1] for r in part.to_list()] for part in split_in_two(listed, 4)]

@@ -5,6 +5,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from .task import SPLITS, RawSplit, RawTask
 
@@ -27,12 +28,16 @@ def _split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[list
 def split_in_two(dataset, seed: int):
     """Random 1:1 split of ``dataset`` into (D_tr, D_val), paper section 5.2.
 
-    The first part gets ceil(n/2) examples; the split is a function of (len(dataset), seed) only.
+    The first part gets ceil(n/2) examples; the split is a function of (len(dataset), seed) only. A dataset with a
+    ``select(indices)`` method (``datasets.Dataset``) is split with it, any other map-style dataset into two
+    ``torch.utils.data.Subset``.
     """
     if len(dataset) < 2:
         raise ValueError(f"need at least 2 examples to split in two, got {len(dataset)}")
-    first, second = _split_indices(len(dataset), (0.5, 0.5), seed)
-    return dataset.select(first), dataset.select(second)
+    parts = _split_indices(len(dataset), (0.5, 0.5), seed)
+    if hasattr(dataset, "select"):
+        return tuple(dataset.select(part) for part in parts)
+    return tuple(torch.utils.data.Subset(dataset, part) for part in parts)
 
 
 def _three_way_split(split: RawSplit, seed: int) -> dict[str, RawSplit]:
