@@ -401,7 +401,11 @@ ERROR_CLASSES = ["unknown flag", "bad flag value", "missing flag", "missing colu
 @pytest.mark.parametrize("error_class", ERROR_CLASSES)
 def test_every_input_error_exits_2_with_one_line(workspace, tmp_path, capsys, error_class):
     """argparse's usage-error status (2) for every input error, and one line on stderr that says what to fix."""
-    argv, words = input_errors(workspace, tmp_path)[error_class]
+    assert_exits_2_with_one_line(capsys, *input_errors(workspace, tmp_path)[error_class])
+
+
+def assert_exits_2_with_one_line(capsys, argv, words):
+    """main(argv) exits with status 2 and one stderr line ``autolora: error: ...`` holding every one of ``words``."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -573,14 +577,7 @@ DATASET_DIR_ERRORS = ["named split without labels", "missing split", "single dat
 
 @pytest.mark.parametrize("error_class", DATASET_DIR_ERRORS)
 def test_dataset_dir_input_errors_exit_2_with_one_line(workspace, dataset_dirs, tmp_path, capsys, error_class):
-    argv, words = dataset_dir_errors(workspace, dataset_dirs, tmp_path)[error_class]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
-    assert stderr.count("\n") == 1 and stderr.startswith("autolora: error: "), stderr
-    assert all(word in stderr for word in words), stderr
+    assert_exits_2_with_one_line(capsys, *dataset_dir_errors(workspace, dataset_dirs, tmp_path)[error_class])
 
 
 def test_glue_task_reads_parquet_files_through_the_real_load_dataset(workspace, tmp_path, monkeypatch):
