@@ -46,6 +46,10 @@ CONFIGS = {
                                  selection_lr=1e3),
     "default, sigmoid": dict(preset="default", selection="sigmoid"),
     "default, sigmoid, 1000 steps": dict(preset="default", selection="sigmoid", steps=1000),
+    "default, sigmoid, first_order": dict(preset="default", selection="sigmoid", method="first_order"),
+    "default, sigmoid, selection lr 0.05": dict(preset="default", selection="sigmoid", selection_lr=0.05),
+    "default, sigmoid, selection lr 0.05, 1000 steps": dict(preset="default", selection="sigmoid", selection_lr=0.05,
+                                                            steps=1000),
 }
 
 
