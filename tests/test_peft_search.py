@@ -19,10 +19,10 @@ from autolora.model import head_parameters, lora_parameters
 from autolora import peft_search
 from autolora.peft_search import search_lora_config
 from autolora.retrain import build_retrain_model
-from tiny_models import VOCAB_SIZE, tiny_batch, tiny_bert, tiny_gpt2, tiny_llama
+from tiny_models import VOCAB_SIZE, tiny_batch, tiny_bert, tiny_gemma, tiny_gpt2, tiny_llama
 from tiny_tokenizer import tiny_tokenizer
 
-ARCHS = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama}
+ARCHS = {"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama, "gemma": tiny_gemma}
 K = 4
 LORA_ALPHA = 8
 # A short search that moves the selection logits from the first step (ranks differ across modules).

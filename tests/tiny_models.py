@@ -6,8 +6,8 @@ model and the caller's RNG state is left untouched.
 import torch
 from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
                           BertForTokenClassification, DistilBertConfig, DistilBertForSequenceClassification, GPT2Config,
-                          GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForSequenceClassification,
-                          RobertaConfig, RobertaForSequenceClassification)
+                          GemmaConfig, GemmaForSequenceClassification, GPT2ForSequenceClassification, GPT2LMHeadModel,
+                          LlamaConfig, LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
 VOCAB_SIZE = 100
 HIDDEN = 32
@@ -82,6 +82,15 @@ def tiny_llama(num_labels=3, seed=0, dtype=torch.float32):
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
                          num_labels=num_labels, pad_token_id=PAD_TOKEN_ID, bos_token_id=0, eos_token_id=2)
     return _build(LlamaForSequenceClassification, config, seed, dtype)
+
+
+def tiny_gemma(num_labels=3, seed=0, dtype=torch.float32):
+    """GemmaForSequenceClassification (4 query heads of width 8, 2 key/value heads); targets
+    ``model.layers.{0,1}.self_attn.*``."""
+    config = GemmaConfig(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+                         num_labels=num_labels, pad_token_id=PAD_TOKEN_ID, bos_token_id=0, eos_token_id=2)
+    return _build(GemmaForSequenceClassification, config, seed, dtype)
 
 
 TINY_SEQUENCE_CLASSIFIERS = {"bert": tiny_bert, "roberta": tiny_roberta, "gpt2": tiny_gpt2, "llama": tiny_llama}
