@@ -87,9 +87,17 @@ def test_stock_peft_loads_the_saved_directory(arch, tmp_path):
     torch.testing.assert_close(logits(peft_model, batch), logits(model, batch), rtol=0, atol=1e-5)
 
 
+RETRAINED = {"bert": {"layer.0.attention.self.query": 2, "layer.1.attention.self.value": 3},
+             "gpt2": {"h.0.attn.c_attn.q": 2, "h.1.attn.c_attn.v": 3}}
+
+
+@pytest.mark.parametrize("retrained", [False, True], ids=["searched", "retrained"])
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
-def test_merge_and_unload_restores_the_plain_model(arch, tmp_path):
-    model = perturbed(arch)
+def test_merge_and_unload_restores_the_plain_model(arch, retrained, tmp_path):
+    """A searched model (softmax selection, k = 4) and a retrained one (plain LoRA, per-module ranks)."""
+    model = perturbed(arch, "fixed", rank_pattern=RETRAINED[arch]) if retrained else perturbed(arch)
+    if retrained:
+        assert sorted(model.ranks().values()) == [2, 3, 4, 4]
     base = model.model
     batch = tiny_batch()
     unmerged = logits(model, batch)
