@@ -50,6 +50,7 @@ CONFIGS = {
     "default, sigmoid, selection lr 0.05": dict(preset="default", selection="sigmoid", selection_lr=0.05),
     "default, sigmoid, selection lr 0.05, 1000 steps": dict(preset="default", selection="sigmoid", selection_lr=0.05,
                                                             steps=1000),
+    "default, sigmoid, weights lr 1e-3": dict(preset="default", selection="sigmoid", weight_lr=1e-3),
 }
 
 

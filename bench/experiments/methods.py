@@ -208,15 +208,17 @@ def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-def search_allocation(cell: Cell, preset: str, selection: str = "softmax") -> tuple[dict[str, int], dict]:
-    """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper") and ``selection``
-    ("softmax" as in the paper, or "sigmoid") for ``search_steps`` steps (k = ``search_max_rank`` components per
-    module), then the budget readout of N = reference_rank * M components by margin (``SearchResult.budget_ranks``).
-    The one place the suite calls the search."""
+def search_allocation(cell: Cell, preset: str, selection: str = "softmax",
+                      weight_lr: float | None = None) -> tuple[dict[str, int], dict]:
+    """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper"), ``selection``
+    ("softmax" as in the paper, or "sigmoid") and ``weight_lr`` (None: the preset's) for ``search_steps`` steps
+    (k = ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components by
+    margin (``SearchResult.budget_ranks``). The one place the suite calls the search."""
     model = autolora.get_autolora_model(cell.base_model(), AutoLoRAConfig(max_rank=cell.recipe.search_max_rank,
                                                                           selection=selection))
     with cell.phase("allocation"):
         result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
+                                 weight_lr=weight_lr,
                                  batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
         ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas))
     return ranks, search_diagnostics(result, preset)
@@ -236,9 +238,10 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
             "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
-def autolora_method(preset: str, selection: str = "softmax") -> Callable[[Cell], Outcome]:
+def autolora_method(preset: str, selection: str = "softmax",
+                    weight_lr: float | None = None) -> Callable[[Cell], Outcome]:
     def run(cell: Cell) -> Outcome:
-        ranks, diagnostics = search_allocation(cell, preset, selection)
+        ranks, diagnostics = search_allocation(cell, preset, selection, weight_lr)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
     return run
 
@@ -350,6 +353,9 @@ METHODS = {method.name: method for method in (
            "AutoLoRA search, paper preset, budget readout"),
     Method("autolora_sigmoid", autolora_method("default", "sigmoid"), False, True, True,
            "AutoLoRA search, library defaults with sigmoid selection (no per-layer sum), budget readout"),
+    Method("autolora_sigmoid_lr1e-3", autolora_method("default", "sigmoid", 1e-3), False, True, True,
+           "as autolora_sigmoid with weights lr 1e-3 during the search (at 1e-2 its search loss climbs back to "
+           "chance after the warm-up)"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),
