@@ -337,3 +337,18 @@ def test_report_reads_intervals_and_marks_missing_rows(budget_results, tmp_path)
     assert "0.8000 ± 0.0200 (n=3)" in text
     assert os.path.exists(tmp_path / "docs" / "figures" / "results_scores.png")
     assert f"figures/results_ranks_{TASK}.png" in text
+
+
+def test_report_pairs_other_autolora_settings_with_uniform(budget_results, tmp_path):
+    root = str(tmp_path / "results")
+    template = cache.read_result(budget_results, TASK, "uniform_r4", 0)
+    sigmoid = {**cache.read_result(budget_results, TASK, "autolora", 0), "method": "autolora_sigmoid"}
+    for seed, (s, u) in enumerate(zip([0.90, 0.93, 0.88], [0.81, 0.80, 0.79])):
+        cache.write_result(root, scored(sigmoid, seed, s))
+        cache.write_result(root, scored(template, seed, u))
+    text = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures"))
+    section = text.split("## Paired differences: other AutoLoRA settings − uniform r=4")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| autolora")]
+    assert len(rows) == 1  # autolora_paper and the other settings have no cells: left out
+    # d = 0.09, 0.13, 0.09: mean 0.1033, sample sd 0.0231, t(0.975, 2) = 4.303 -> half-width 0.0573
+    assert rows[0].startswith(f"| autolora_sigmoid | {TASK} | 3 | +0.1033 | [+0.0460, +0.1607] |")

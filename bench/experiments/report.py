@@ -86,12 +86,24 @@ def reading(difference: stats.PairedDifference | None) -> str:
     return "AutoLoRA higher" if difference.low > 0 else "AutoLoRA lower"
 
 
-def difference_row(results: Results, task: str, control: str) -> list[str]:
-    difference = stats.paired_difference(results.scores(task, SUBJECT), results.scores(task, control))
+def difference_row(results: Results, task: str, control: str, subject: str = SUBJECT) -> list[str]:
+    """[control, n, mean d, 95% interval, reading] of d = subject − control over the seeds both have."""
+    difference = stats.paired_difference(results.scores(task, subject), results.scores(task, control))
     if difference is None:
         return [control, "0", NOT_RUN, NOT_RUN, NOT_RUN]
     interval = "n/a" if difference.low is None else f"[{signed(difference.low)}, {signed(difference.high)}]"
     return [control, str(difference.n), signed(difference.mean), interval, reading(difference)]
+
+
+def settings_section(results: Results) -> list[str]:
+    """Each other AutoLoRA setting (context rows) against uniform r=4, paired as the headline differences."""
+    subjects = [name for name in methods.METHODS if name.startswith(SUBJECT + "_")]
+    rows = [[subject, task] + difference_row(results, task, REFERENCE, subject)[1:]
+            for subject in subjects for task in tasks.TASKS if results.seeds(task, subject)]
+    return ["## Paired differences: other AutoLoRA settings − uniform r=4", "",
+            "The context rows that search with other settings (paper preset, sigmoid selection), each against "
+            "uniform r=4 on the seeds both have; tasks without a run are left out.", ""] \
+        + (table(["setting", "task", "n", "mean d", "95% interval", "reading"], rows) if rows else [NOT_RUN]) + [""]
 
 
 def setup_section(results: Results, figures_link: str) -> list[str]:
@@ -340,7 +352,7 @@ def write_report(results_root: str, output: str, figures: str) -> str:
     if results.records:
         scores_figure(results, os.path.join(figures, "results_scores.png"))
         lines += [f"![test scores per method]({link}/results_scores.png)", ""]
-    lines += differences_section(results) + budget_section(results) + stability_section(results, rank_links)
+    lines += differences_section(results) + settings_section(results) + budget_section(results) + stability_section(results, rank_links)
     lines += cost_section(results) + diagnostics_section(results) + reading_section(results)
     text = "\n".join(lines)
     with open(output, "w", encoding="utf-8") as f:
