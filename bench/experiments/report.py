@@ -352,7 +352,8 @@ def write_report(results_root: str, output: str, figures: str) -> str:
     if results.records:
         scores_figure(results, os.path.join(figures, "results_scores.png"))
         lines += [f"![test scores per method]({link}/results_scores.png)", ""]
-    lines += differences_section(results) + settings_section(results) + budget_section(results) + stability_section(results, rank_links)
+    lines += differences_section(results) + settings_section(results) + budget_section(results) \
+        + stability_section(results, rank_links)
     lines += cost_section(results) + diagnostics_section(results) + reading_section(results)
     text = "\n".join(lines)
     with open(output, "w", encoding="utf-8") as f:
