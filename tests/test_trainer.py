@@ -229,3 +229,21 @@ def test_model_without_selection_logits_is_refused(tmp_path):
 def test_search_result_before_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match="train"):
         search_trainer(tmp_path).search_result()
+
+
+def test_bf16_autocast_search_follows_the_float32_search(tmp_path):
+    """TrainingArguments(bf16=True) runs the forward passes under CPU bfloat16 autocast (the finite-difference passes
+    in float32): after the same steps the alphas differ from the float32 search's (autocast ran) by a small fraction
+    of how far they moved."""
+    runs = {}
+    for bf16 in (False, True):
+        trainer = search_trainer(tmp_path / str(bf16), bf16=bf16)
+        start = alphas(trainer.model)
+        trainer.train()
+        runs[bf16] = alphas(trainer.model)
+    ratios = {}
+    for name in runs[False]:
+        moved = (runs[False][name] - start[name]).abs().max()
+        assert moved > 1e-3, name
+        ratios[name] = float((runs[True][name] - runs[False][name]).abs().max() / moved)
+    assert max(ratios.values()) < 0.25 and min(ratios.values()) > 0, ratios
