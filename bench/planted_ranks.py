@@ -51,6 +51,10 @@ CONFIGS = {
     "default, sigmoid, selection lr 0.05, 1000 steps": dict(preset="default", selection="sigmoid", selection_lr=0.05,
                                                             steps=1000),
     "default, sigmoid, weights lr 1e-3": dict(preset="default", selection="sigmoid", weight_lr=1e-3),
+    "default, sigmoid, sgd logits": dict(preset="default", selection="sigmoid", selection_optimizer="sgd",
+                                         selection_lr=1e3),
+    "default, sigmoid, sgd logits lr 1e4": dict(preset="default", selection="sigmoid", selection_optimizer="sgd",
+                                                selection_lr=1e4),
 }
 
 
