@@ -45,6 +45,8 @@ from .training import batch_stream, model_loss, run_resumable, to_device, weight
 METHODS = hypergrad.UNROLLED_METHODS
 LOOKAHEADS = ("sgd", "adam")
 SELECTION_OPTIMIZERS = ("adamw", "sgd")
+# A search whose training loss over its last 20 steps is above this fraction of its first 20 steps' "barely trained".
+BARELY_TRAINED = 0.9
 
 
 @dataclass(frozen=True)
@@ -97,20 +99,28 @@ class SearchResult:
     def summary(self) -> dict:
         """Plain-type summary: ranks, per-module alpha separation, every component's margin and each module's weakest,
         the verdict (none with fewer than 3 alpha records), the losses at the start and end of the search, and the
-        mixed term's share ||mixed|| / (||direct|| + ||mixed||)."""
+        mixed term's share ||mixed|| / (||direct|| + ||mixed||).
+
+        The verdict also says when the searched model barely trained: a training loss over the last 20 steps above
+        :data:`BARELY_TRAINED` times the first 20 steps' (e.g. the paper's weights lr 1e-4 on MiniLM, or sigmoid
+        selection at weights lr 1e-2, whose loss climbs back to chance): its alphas then rank components of a
+        model that has not learned the task."""
         records = len(self.history["steps"])
         margins = self.margins() if records >= 3 else {}
         verdict = separation_verdict(margins) if margins else {
             "weakest_margin": {}, "separated_share": None,
             "verdict": f"no verdict: {records} alpha records, margins need at least 3 (search longer)"}
+        first, last = _mean_of(self.train_losses[:20]), _mean_of(self.train_losses[-20:])
+        if len(self.train_losses) >= 40 and last > BARELY_TRAINED * first:
+            verdict["verdict"] += (f"; the searched model barely trained (training loss {first:.3g} -> {last:.3g} over "
+                                   "the first and last 20 steps): try another weights lr")
         diag = self.diagnostics
         direct, mixed = diag.get("direct_norm", []), diag.get("mixed_norm", [])
         shares = [m / (d + m) for d, m in zip(direct, mixed) if d + m > 0]
         return {"ranks": dict(self.ranks), "total_rank": sum(self.ranks.values()),
                 "alpha_separation": {n: alpha_separation(a, self.selection) for n, a in self.alphas.items()},
                 "margins": {n: m.tolist() for n, m in margins.items()}, **verdict,
-                "train_loss_first": _mean_of(self.train_losses[:20]),
-                "train_loss_last": _mean_of(self.train_losses[-20:]), "val_loss_last": _mean_of(self.val_losses[-20:]),
+                "train_loss_first": first, "train_loss_last": last, "val_loss_last": _mean_of(self.val_losses[-20:]),
                 "mixed_share_mean": _mean_of(shares), "meta_steps": len(diag.get("step", []))}
 
 

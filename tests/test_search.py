@@ -216,6 +216,18 @@ def test_a_search_too_short_for_margins_has_no_verdict():
         result.budget_ranks(len(result.ranks))
 
 
+@pytest.mark.parametrize("weight_lr, trained", [(0.0, False), (5e-2, True)])
+def test_verdict_says_when_the_searched_model_barely_trained(weight_lr, trained):
+    """Frozen weights (lr 0) keep the training loss where it starts; lr 5e-2 learns the synthetic task. The verdict
+    flags the first only, by the mean training loss of the last 20 steps over that of the first 20."""
+    result = search(autolora_bert(), synthetic_dataset(n=64), steps=60, batch_size=8, weight_lr=weight_lr,
+                    warmup_steps=0)
+    losses = result.train_losses
+    ratio = (sum(losses[-20:]) / 20) / (sum(losses[:20]) / 20)
+    assert (ratio < 0.9) == trained, ratio
+    assert ("barely trained" in result.summary()["verdict"]) == (not trained)
+
+
 def test_presets_and_overrides():
     from autolora.rank_search import PRESETS, resolve_settings
     paper = resolve_settings("paper")
