@@ -72,3 +72,18 @@ def load_base_model(name: str, task_type: str, num_labels: int, *, seed: int = 0
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def use_eager_attention(model: torch.nn.Module) -> None:
+    """Switch a transformers model to eager attention in place: the CPU SDPA kernel has no double backward, which the
+    exact hypergradient needs. ValueError when the model's attention cannot be switched after loading."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", "eager") == "eager":
+        return
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    if config._attn_implementation != "eager":
+        raise ValueError(f"method='exact' needs eager attention, but {type(model).__name__} uses "
+                         f"{config._attn_implementation!r} and cannot be switched after loading; load it with "
+                         "from_pretrained(..., attn_implementation='eager') or use method='finite_difference'")
+

@@ -12,6 +12,7 @@ import copy
 import torch
 
 from .checkpoint import isolated_rng, seed_rng
+from .loading import use_eager_attention
 from .model import adapter_branches, get_autolora_model
 from .peft_config import autolora_config_from, lora_config_for
 from .rank_search import search
@@ -73,18 +74,3 @@ def searchable_copy(model: torch.nn.Module, lora_config, *, seed: int, exact: bo
     with isolated_rng():
         seed_rng(seed)
         return get_autolora_model(searched, search_config)
-
-
-def use_eager_attention(model: torch.nn.Module) -> None:
-    """Switch a transformers model to eager attention in place: the CPU SDPA kernel has no double backward, which the
-    exact hypergradient needs. ValueError when the model's attention cannot be switched after loading."""
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", "eager") == "eager":
-        return
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
-    if config._attn_implementation != "eager":
-        raise ValueError(f"method='exact' needs eager attention, but {type(model).__name__} uses "
-                         f"{config._attn_implementation!r} and cannot be switched after loading; load it with "
-                         "from_pretrained(..., attn_implementation='eager') or use method='finite_difference'")
-

@@ -127,7 +127,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 7 * 3)
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 10 * 3)
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes", "uniform_r2", 0))
 
 

@@ -9,7 +9,10 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
 
 * ``uniform_r{2,4,8}``: rank r on every module.
 * ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search`` with preset "default" or
-  "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components.
+  "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components. Context rows with
+  one setting changed from the library defaults: ``autolora_sigmoid`` (sigmoid selection), ``autolora_sigmoid_lr1e-3``
+  (the same at weights lr 1e-3), and the paper's ablations ``autolora_eta0`` (eta = 0, W' = W), ``autolora_none``
+  (no constraint on alpha) and ``autolora_exact`` (the exact hypergradient, on eager attention).
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -36,6 +39,7 @@ import autolora
 from autolora.checkpoint import isolated_rng, seed_rng
 from autolora.config import AutoLoRAConfig
 from autolora.data import TaskData, make_loader
+from autolora.loading import use_eager_attention
 from autolora.model import find_heads, find_target_modules
 from autolora.readout import shuffled_ranks
 from autolora.training import batch_stream, model_loss
@@ -208,20 +212,23 @@ def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-def search_allocation(cell: Cell, preset: str, selection: str = "softmax",
-                      weight_lr: float | None = None) -> tuple[dict[str, int], dict]:
+def search_allocation(cell: Cell, preset: str, selection: str = "softmax", **options) -> tuple[dict[str, int], dict]:
     """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper"), ``selection``
-    ("softmax" as in the paper, or "sigmoid") and ``weight_lr`` (None: the preset's) for ``search_steps`` steps
-    (k = ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components by
-    margin (``SearchResult.budget_ranks``). The one place the suite calls the search."""
-    model = autolora.get_autolora_model(cell.base_model(), AutoLoRAConfig(max_rank=cell.recipe.search_max_rank,
-                                                                          selection=selection))
+    ("softmax" as in the paper, "sigmoid" or "none") and the other search ``options`` (``weight_lr``, ``eta``,
+    ``method``; the exact method runs on eager attention) for ``search_steps`` steps (k = ``search_max_rank``
+    components per module), then the budget readout of N = reference_rank * M components by margin
+    (``SearchResult.budget_ranks``). The one place the suite calls the search."""
+    base = cell.base_model()
+    if options.get("method") == "exact":
+        use_eager_attention(base)
+    model = autolora.get_autolora_model(base, AutoLoRAConfig(max_rank=cell.recipe.search_max_rank,
+                                                             selection=selection))
     with cell.phase("allocation"):
         result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
-                                 weight_lr=weight_lr,
-                                 batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
+                                 batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer,
+                                 **options)
         ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas))
-    return ranks, search_diagnostics(result, preset)
+    return ranks, {**search_diagnostics(result, preset), "selection": selection, "options": options}
 
 
 def window_means(values: list[float], windows: int = 10) -> list[float]:
@@ -238,10 +245,9 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
             "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
-def autolora_method(preset: str, selection: str = "softmax",
-                    weight_lr: float | None = None) -> Callable[[Cell], Outcome]:
+def autolora_method(preset: str, selection: str = "softmax", **options) -> Callable[[Cell], Outcome]:
     def run(cell: Cell) -> Outcome:
-        ranks, diagnostics = search_allocation(cell, preset, selection, weight_lr)
+        ranks, diagnostics = search_allocation(cell, preset, selection, **options)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
     return run
 
@@ -353,9 +359,15 @@ METHODS = {method.name: method for method in (
            "AutoLoRA search, paper preset, budget readout"),
     Method("autolora_sigmoid", autolora_method("default", "sigmoid"), False, True, True,
            "AutoLoRA search, library defaults with sigmoid selection (no per-layer sum), budget readout"),
-    Method("autolora_sigmoid_lr1e-3", autolora_method("default", "sigmoid", 1e-3), False, True, True,
+    Method("autolora_sigmoid_lr1e-3", autolora_method("default", "sigmoid", weight_lr=1e-3), False, True, True,
            "as autolora_sigmoid with weights lr 1e-3 during the search (at 1e-2 its search loss climbs back to "
            "chance after the warm-up)"),
+    Method("autolora_eta0", autolora_method("default", eta=0.0), False, True, True,
+           "AutoLoRA search, library defaults with the paper's eta = 0 ablation (W' = W), budget readout"),
+    Method("autolora_none", autolora_method("default", "none"), False, True, True,
+           "AutoLoRA search, library defaults with no constraint on alpha (selection none), budget readout"),
+    Method("autolora_exact", autolora_method("default", method="exact"), False, True, True,
+           "AutoLoRA search, library defaults with the exact hypergradient, budget readout"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),

@@ -236,7 +236,7 @@ def mean_or_none(values) -> float | None:
 
 def diagnostics_section(results: Results) -> list[str]:
     rows = []
-    for name in ("autolora", "autolora_paper", "autolora_sigmoid", "autolora_sigmoid_lr1e-3"):
+    for name in [m for m in methods.METHODS if m == SUBJECT or m.startswith(SUBJECT + "_")]:
         for task in tasks.TASKS:
             searches = [r["search"] for r in results.seeds(task, name).values() if r.get("search")]
             if not searches:
