@@ -19,6 +19,7 @@ import json
 import os
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from .config import AutoLoRAConfig
@@ -196,7 +197,6 @@ class AutoLoRAModel(torch.nn.Module):
 def _resolved_config(config, model) -> AutoLoRAConfig:
     if isinstance(config, AutoLoRAConfig):
         return config
-    from peft import LoraConfig  # imported on use, as in autolora.peft_config
     if isinstance(config, LoraConfig):
         return autolora_config_from(config, model)
     raise TypeError(f"config must be an autolora.AutoLoRAConfig or a peft.LoraConfig, got {type(config).__name__}")

@@ -26,7 +26,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+import peft
 import torch
+from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULT_TARGETS
+from transformers.pytorch_utils import Conv1D
 
 from .config import AutoLoRAConfig, name_matches
 from .model import adapter_modules, stored_config
@@ -39,16 +43,7 @@ PASSED_THROUGH = {"task_type", "init_lora_weights", "inference_mode", "base_mode
                   "peft_type", "peft_version", "auto_mapping", "megatron_core", "runtime_config"}
 
 
-def _peft():
-    try:
-        import peft
-    except ImportError as error:  # pragma: no cover - peft is a dependency
-        raise ImportError("the PEFT integration needs peft: pip install peft") from error
-    return peft
-
-
 def _check_lora_config(lora_config) -> None:
-    peft = _peft()
     if not isinstance(lora_config, peft.LoraConfig):
         raise TypeError(f"lora_config must be a peft.LoraConfig, got {type(lora_config).__name__}")
     if lora_config.init_lora_weights == "eva":
@@ -75,16 +70,13 @@ def target_module_names(model: torch.nn.Module, lora_config) -> list[str]:
     """Names of the modules PEFT's ``get_peft_model(model, lora_config)`` would adapt: ``target_modules`` (None: PEFT's
     default for ``model.config.model_type``) restricted by ``layers_to_transform`` / ``layers_pattern`` /
     ``exclude_modules``, outside ``modules_to_save`` (PEFT's own ``check_target_module_exists``)."""
-    _peft()
-    from peft.tuners.tuners_utils import _ExcludedModule, check_target_module_exists
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
     config = dataclasses.replace(lora_config, modules_to_save=peft_heads(model, lora_config) or None)
     if config.target_modules is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type not in DEFAULTS:
+        if model_type not in PEFT_DEFAULT_TARGETS:
             raise ValueError(f"LoraConfig.target_modules is None and PEFT has no default for model_type "
                              f"{model_type!r}; pass target_modules")
-        config = dataclasses.replace(config, target_modules=list(DEFAULTS[model_type]))
+        config = dataclasses.replace(config, target_modules=list(PEFT_DEFAULT_TARGETS[model_type]))
 
     def adapted(name: str) -> bool:
         found = check_target_module_exists(config, name)
@@ -109,16 +101,18 @@ def autolora_config_from(lora_config, model: torch.nn.Module) -> AutoLoRAConfig:
 
 def module_ranks(model: torch.nn.Module, branch_ranks: Mapping[str, int]) -> dict[str, int]:
     """{adapted module name: rank} from per-branch ranks (GPT-2's ``c_attn`` sums its ``.q`` and ``.v`` branches)."""
-    ranks = {}
-    for name, module in adapter_modules(model).items():
-        branches = [b for b in branch_ranks if b == name or b.startswith(name + ".")]
-        if not branches:
-            raise ValueError(f"no rank given for the adapted module {name}")
-        ranks[name] = sum(branch_ranks[b] for b in branches)
-    unknown = sorted(set(branch_ranks) - {b for name in adapter_modules(model) for b in branch_ranks
-                                          if b == name or b.startswith(name + ".")})
+    modules = adapter_modules(model)
+    owner = {branch: name for name in modules for branch in branch_ranks
+             if branch == name or branch.startswith(name + ".")}
+    unknown = sorted(set(branch_ranks) - set(owner))
     if unknown:
         raise ValueError(f"ranks given for modules that are not adapted: {unknown}")
+    missing = [name for name in modules if name not in owner.values()]
+    if missing:
+        raise ValueError(f"no rank given for the adapted modules {missing}")
+    ranks = dict.fromkeys(modules, 0)
+    for branch, name in owner.items():
+        ranks[name] += branch_ranks[branch]
     return ranks
 
 
@@ -127,8 +121,6 @@ def lora_config_for(model: torch.nn.Module, branch_ranks: Mapping[str, int], tem
     module (``rank_pattern``, full module names), our ``lora_alpha``, ``lora_dropout`` and heads
     (``modules_to_save``), and PEFT's scaling ``lora_alpha / r_l`` = our retrain scaling. ``model`` carries the
     adapters the ranks were searched on; ``template`` (the user's LoraConfig) gives the passed-through fields."""
-    peft = _peft()
-    from transformers.pytorch_utils import Conv1D
     config = stored_config(model)
     ranks = module_ranks(model, branch_ranks)
     modules = adapter_modules(model)

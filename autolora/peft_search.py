@@ -16,7 +16,7 @@ from .loading import use_eager_attention
 from .model import adapter_branches, get_autolora_model
 from .peft_config import autolora_config_from, lora_config_for
 from .rank_search import search
-from .readout import budget_ranks
+from .readout import check_budget
 
 
 def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, steps: int = 300,
@@ -55,8 +55,8 @@ def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, st
         raise ValueError("train_dataset is empty: the search needs training examples (it splits them 1:1 into "
                          "D_tr and D_val)")
     searched = searchable_copy(model, lora_config, seed=seed, exact=search_options.get("method") == "exact")
-    if budget is not None:  # the readout's own check of the budget, before the search instead of after it
-        budget_ranks({name: torch.zeros(branch.r) for name, branch in adapter_branches(searched).items()}, budget)
+    if budget is not None:  # before the search instead of after it
+        check_budget(budget, [branch.r for branch in adapter_branches(searched).values()])
     result = search(searched, train_dataset, steps=steps, seed=seed, **search_options)
     ranks = result.ranks if budget is None else result.budget_ranks(budget)
     config = lora_config_for(searched, ranks, template=lora_config)

@@ -188,6 +188,15 @@ def _selection_optimizer(name: str, betas, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(betas, lr=lr, weight_decay=0.0)
 
 
+def selection_branches(model: torch.nn.Module) -> dict:
+    """{name: branch} of the branches with selection logits (ValueError when there are none: nothing to search)."""
+    branches = {name: b for name, b in adapter_branches(model).items() if b.beta is not None}
+    if not branches:
+        raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
+                         "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
+    return branches
+
+
 class RankSearcher:
     """The stateful stepper of a search: :meth:`step` is the one place a meta step happens.
 
@@ -210,10 +219,7 @@ class RankSearcher:
         for name, value in (("meta_every", meta_every), ("record_every", record_every)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.branches = {name: b for name, b in adapter_branches(model).items() if b.beta is not None}
-        if not self.branches:
-            raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
-                             "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
+        self.branches = selection_branches(model)
         self.model = model
         self.record_every = record_every
         self.device = next(model.parameters()).device

@@ -79,15 +79,20 @@ def separation_verdict(margins: Mapping[str, torch.Tensor], *, decided: float = 
     return {"weakest_margin": weakest, "separated_share": share, "verdict": verdict}
 
 
+def check_budget(budget: int, sizes: Sequence[int]) -> None:
+    """TypeError unless ``budget`` is an int; ValueError unless it lies between one component per module and all
+    of them (``sizes``: components per module)."""
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise TypeError(f"budget must be an int, got {type(budget).__name__}")
+    if not len(sizes) <= budget <= sum(sizes):
+        raise ValueError(f"budget must be between {len(sizes)} (one component per module) and {sum(sizes)} (all "
+                         f"components), got {budget}")
+
+
 def budget_ranks(margins: Mapping[str, torch.Tensor], budget: int) -> dict[str, int]:
     """Ranks from the ``budget`` components with the largest margins over all modules, at least one per module."""
     names = list(margins)
-    sizes = [margins[name].numel() for name in names]
-    if isinstance(budget, bool) or not isinstance(budget, int):
-        raise TypeError(f"budget must be an int, got {type(budget).__name__}")
-    if not len(names) <= budget <= sum(sizes):
-        raise ValueError(f"budget must be between {len(names)} (one component per module) and {sum(sizes)} (all "
-                         f"components), got {budget}")
+    check_budget(budget, [margins[name].numel() for name in names])
     ranks = dict.fromkeys(names, 1)
     best = {name: int(torch.argmax(margins[name])) for name in names}
     rest = [(-float(margins[name][j]), i, j) for i, name in enumerate(names) for j in range(margins[name].numel())

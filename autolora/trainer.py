@@ -50,8 +50,8 @@ from transformers import Trainer
 
 from .checkpoint import BatchStream, atomic_save, load_checkpoint
 from .data import split_in_two
-from .model import adapter_branches, ranks as read_ranks, selection_parameters, stored_config
-from .rank_search import RankSearcher, SearchResult, SearchSettings, resolve_settings
+from .model import adapter_branches, ranks as read_ranks, stored_config
+from .rank_search import RankSearcher, SearchResult, SearchSettings, resolve_settings, selection_branches
 from .readout import alpha_separation
 from .training import weight_parameters
 
@@ -70,7 +70,7 @@ class SearchTrainer(Trainer):
         self.search_options = _checked_search_options(search_options)
         self._lookahead = resolve_settings(self.search_options.get("preset", "default"), **{
             name: self.search_options.get(name) for name in SETTINGS if name in SEARCH_OPTIONS}).lookahead
-        _check_search_model(model)
+        selection_branches(model)  # refuses a model without selection logits before any training
         _check_trainer_kwargs(trainer_kwargs)
         _check_training_arguments(args)
         d_tr, d_val = _search_split(train_dataset, search_dataset, args.seed)
@@ -187,12 +187,6 @@ def _checked_search_options(options: Mapping | None) -> dict:
     return options
 
 
-def _check_search_model(model) -> None:
-    if not selection_parameters(model):
-        raise ValueError("the model has no selection logits: inject it with get_autolora_model(model, "
-                         "AutoLoRAConfig(selection='softmax'|'sigmoid'|'none')) before searching")
-
-
 def _check_trainer_kwargs(kwargs: Mapping) -> None:
     for name in ("compute_loss_func", "optimizers"):
         if kwargs.get(name) not in (None, (None, None)):
@@ -202,12 +196,7 @@ def _check_trainer_kwargs(kwargs: Mapping) -> None:
 
 def _search_split(train_dataset, search_dataset, seed: int):
     """(D_tr, D_val): ``train_dataset`` split 1:1 with ``seed``, or (train_dataset, search_dataset)."""
-    if search_dataset is not None:
-        return train_dataset, search_dataset
-    if not hasattr(train_dataset, "select"):
-        raise TypeError(f"cannot split a {type(train_dataset).__name__} into D_tr / D_val: pass a datasets.Dataset "
-                        "or give the validation half as search_dataset")
-    return split_in_two(train_dataset, seed)
+    return (train_dataset, search_dataset) if search_dataset is not None else split_in_two(train_dataset, seed)
 
 
 def _check_training_arguments(args) -> None:

