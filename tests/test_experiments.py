@@ -127,7 +127,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 10 * 3)
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 11 * 3)
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes", "uniform_r2", 0))
 
 
@@ -352,3 +352,17 @@ def test_report_pairs_other_autolora_settings_with_uniform(budget_results, tmp_p
     assert len(rows) == 1  # autolora_paper and the other settings have no cells: left out
     # d = 0.09, 0.13, 0.09: mean 0.1033, sample sd 0.0231, t(0.975, 2) = 4.303 -> half-width 0.0573
     assert rows[0].startswith(f"| autolora_sigmoid | {TASK} | 3 | +0.1033 | [+0.0460, +0.1607] |")
+
+
+def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_results):
+    def timed(method, seed, seconds):
+        record = cache.read_result(budget_results, TASK, "uniform_r4" if method == "uniform_r4" else "autolora", 0)
+        return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
+    records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
+    run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
+    planned = len(tasks.TASKS) * (5 * 5 + 11 * 3)
+    assert run_hours == pytest.approx(3.5) and pending == planned - 3
+    # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
+    uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1
+    others = pending - uniform_left - autolora_left
+    assert pending_hours == pytest.approx(uniform_left * 0.75 + autolora_left * 2.0 + others * 3.5 / 3)

@@ -12,7 +12,9 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components. Context rows with
   one setting changed from the library defaults: ``autolora_sigmoid`` (sigmoid selection), ``autolora_sigmoid_lr1e-3``
   (the same at weights lr 1e-3), and the paper's ablations ``autolora_eta0`` (eta = 0, W' = W), ``autolora_none``
-  (no constraint on alpha) and ``autolora_exact`` (the exact hypergradient, on eager attention).
+  (no constraint on alpha) and ``autolora_exact`` (the exact hypergradient, on eager attention); and
+  ``autolora_first_order`` (the first-order hypergradient: h without the mixed term, one pass fewer per meta step
+  than finite differences).
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -368,6 +370,8 @@ METHODS = {method.name: method for method in (
            "AutoLoRA search, library defaults with no constraint on alpha (selection none), budget readout"),
     Method("autolora_exact", autolora_method("default", method="exact"), False, True, True,
            "AutoLoRA search, library defaults with the exact hypergradient, budget readout"),
+    Method("autolora_first_order", autolora_method("default", method="first_order"), False, True, True,
+           "AutoLoRA search, library defaults with the first-order hypergradient (no mixed term), budget readout"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),

@@ -106,6 +106,19 @@ def settings_section(results: Results) -> list[str]:
         + (table(["setting", "task", "n", "mean d", "95% interval", "reading"], rows) if rows else [NOT_RUN]) + [""]
 
 
+def suite_hours(results: Results) -> tuple[float, int, float]:
+    """(wall hours of the cells run, number of planned cells not run, their extrapolated hours): a pending cell
+    counts its method's mean wall time over the cells run (over every task), or the mean of all cells run when its
+    method has none."""
+    totals = {name: [r["wall_seconds"]["total"] for r in results.records if r["method"] == name]
+              for name in methods.METHODS}
+    every = [t for values in totals.values() for t in values]
+    pending = [m.name for m in methods.METHODS.values() for task in tasks.TASKS for seed in m.seeds
+               if seed not in results.seeds(task, m.name)]
+    estimate = {name: float(np.mean(values or every or [0.0])) for name, values in totals.items()}
+    return sum(every) / 3600, len(pending), sum(estimate[name] for name in pending) / 3600
+
+
 def setup_section(results: Results, figures_link: str) -> list[str]:
     records = results.records
     planned = sum(len(m.seeds) for m in methods.METHODS.values()) * len(tasks.TASKS)
@@ -118,6 +131,10 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
     lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
               f"r=4, shuffled, EVA, AdaLoRA), {', '.join(map(str, methods.CONTEXT_SEEDS))} for the others. "
               f"Cells run: {len(records)} of {planned}."]
+    run_hours, pending, pending_hours = suite_hours(results)
+    lines += [f"* Wall time: the cells run took {run_hours:.1f} h (one after another, 1 torch thread each); the "
+              f"{pending} cells not run yet would take about {pending_hours:.1f} h more (extrapolated from each "
+              "method's mean over the cells run)."]
     lines += ["* Model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), LoRA on query/value of every layer (12 "
               "modules). Tasks: Rotten Tomatoes (accuracy) and WNUT-16 (entity F1), each split 80/10/10 with the "
               f"seed; `_500` keeps {tasks.LOW_DATA_EXAMPLES} training examples. The test split is used only for "
