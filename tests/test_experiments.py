@@ -121,14 +121,15 @@ def test_filter_selects_cells_in_run_order():
     cells = run.plan(run.parse_filter("task=wnut16_500,method=eva,method=uniform_r4,seed=1,seed=0"))
     assert cells == [("wnut16_500", "uniform_r4", 0), ("wnut16_500", "eva", 0),
                      ("wnut16_500", "uniform_r4", 1), ("wnut16_500", "eva", 1)]
-    context = run.plan(run.parse_filter("task=wnut16,method=uniform_r8"))
+    context = run.plan(run.parse_filter("task=wnut16_500,method=uniform_r8"))
     assert [seed for _, _, seed in context] == [0, 1, 2]
+    assert run.plan(run.parse_filter("task=wnut16,method=uniform_r8")) == []  # context rows: low-data tasks only
     headline = run.plan(run.parse_filter("task=wnut16,method=adalora"))
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 11 * 3)
-    assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes", "uniform_r2", 0))
+    assert len(everything) == len(tasks.TASKS) * 5 * 5 + 2 * 11 * 3
+    assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
 @pytest.mark.parametrize("text, message", [("task=sst3", "unknown task"), ("method=lora", "unknown method"),
@@ -137,6 +138,12 @@ def test_filter_selects_cells_in_run_order():
 def test_filter_rejects_unknown_keys_and_values(text, message):
     with pytest.raises(ValueError, match=message):
         run.parse_filter(text)
+
+
+def test_filter_that_selects_nothing_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--filter", "task=rotten_tomatoes,method=full_ft", "--list"])
+    assert "selects no cell" in capsys.readouterr().err
 
 
 def test_interrupted_cell_leaves_no_result(tiny_suite, monkeypatch):
@@ -360,7 +367,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 11 * 3)
+    planned = len(tasks.TASKS) * 5 * 5 + 2 * 11 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1

@@ -113,7 +113,7 @@ def suite_hours(results: Results) -> tuple[float, int, float]:
     totals = {name: [r["wall_seconds"]["total"] for r in results.records if r["method"] == name]
               for name in methods.METHODS}
     every = [t for values in totals.values() for t in values]
-    pending = [m.name for m in methods.METHODS.values() for task in tasks.TASKS for seed in m.seeds
+    pending = [m.name for m in methods.METHODS.values() for task in m.task_names for seed in m.seeds
                if seed not in results.seeds(task, m.name)]
     estimate = {name: float(np.mean(values or every or [0.0])) for name, values in totals.items()}
     return sum(every) / 3600, len(pending), sum(estimate[name] for name in pending) / 3600
@@ -121,7 +121,7 @@ def suite_hours(results: Results) -> tuple[float, int, float]:
 
 def setup_section(results: Results, figures_link: str) -> list[str]:
     records = results.records
-    planned = sum(len(m.seeds) for m in methods.METHODS.values()) * len(tasks.TASKS)
+    planned = sum(len(m.seeds) * len(m.task_names) for m in methods.METHODS.values())
     lines = ["## How these numbers were made", ""]
     commands = sorted({r.get("command") for r in records if r.get("command")})
     lines += ["* Suite: `python -m bench.experiments.run` runs every (task, method, seed) cell without a cached result "
@@ -129,7 +129,9 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
               "`python -m bench.experiments.report` writes this page. Results: `bench/experiments/results/`."]
     lines += [f"* Commands that produced the cached results: {', '.join(f'`{c}`' for c in commands) or NOT_RUN}."]
     lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
-              f"r=4, shuffled, EVA, AdaLoRA), {', '.join(map(str, methods.CONTEXT_SEEDS))} for the others. "
+              f"r=4, shuffled, EVA, AdaLoRA) on every task, {', '.join(map(str, methods.CONTEXT_SEEDS))} for the "
+              "others, "
+              f"which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only. "
               f"Cells run: {len(records)} of {planned}."]
     run_hours, pending, pending_hours = suite_hours(results)
     lines += [f"* Wall time: the cells run took {run_hours:.1f} h (one after another, 1 torch thread each); the "
