@@ -373,3 +373,26 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1
     others = pending - uniform_left - autolora_left
     assert pending_hours == pytest.approx(uniform_left * 0.75 + autolora_left * 2.0 + others * 3.5 / 3)
+
+
+def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_results, tmp_path):
+    root = str(tmp_path / "results")
+    uniform = cache.read_result(budget_results, TASK, "uniform_r4", 0)
+    scores = {"autolora": [0.90, 0.92, 0.91], "uniform_r4": [0.80, 0.81, 0.79], "shuffled": [0.85, 0.86, 0.86],
+              "eva": [0.70, 0.72, 0.69], "adalora": [0.87, 0.89, 0.89]}
+    for method, values in scores.items():
+        for seed, value in enumerate(values):
+            cache.write_result(root, scored(cache.read_result(budget_results, TASK, method, 0), seed, value))
+    for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79])):
+        for seed, value in enumerate(values):
+            cache.write_result(root, scored({**uniform, "method": method}, seed, value))
+    text = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures"))
+    reading = text.split("## Reading")[1]
+    assert f"excludes 0 on {TASK}." in reading
+    # r=8 − r=2: d = 0.01, -0.01, 0.03: mean 0.01, sd 0.02, half-width 4.303 * 0.02 / sqrt(3) = 0.0497
+    assert "uniform r=8 − uniform r=2: +0.0100 [-0.0397, +0.0597], n=3, within noise." in reading
+    # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above
+    assert "adalora: +0.0267 [+0.0123, +0.0410], n=3, AutoLoRA higher" in reading
+    cache.write_result(root, scored(cache.read_result(budget_results, TASK, "adalora", 0), 1, 0.95))
+    reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
+    assert "excludes 0 on none of the 1 tasks run so far." in reading
