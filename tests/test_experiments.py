@@ -396,3 +396,21 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     cache.write_result(root, scored(cache.read_result(budget_results, TASK, "adalora", 0), 1, 0.95))
     reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
     assert "excludes 0 on none of the 1 tasks run so far." in reading
+
+
+def test_cost_table_reports_each_cell_against_its_own_retraining(budget_results, tmp_path):
+    root = str(tmp_path / "results")
+    phases = {"uniform_r4": [(0.0, 200.0, 20.0), (0.0, 100.0, 10.0)], "autolora": [(150.0, 100.0, 50.0),
+                                                                                  (90.0, 60.0, 30.0)]}
+    for method, cells in phases.items():
+        for seed, (allocation, retrain, evaluation) in enumerate(cells):
+            record = cache.read_result(budget_results, TASK, method, 0)
+            cache.write_result(root, {**record, "seed": seed, "wall_seconds": {
+                "allocation": allocation, "retrain": retrain, "eval": evaluation,
+                "total": allocation + retrain + evaluation}})
+    text = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures"))
+    section = text.split("## Cost")[1].split(f"### {TASK}")[1].split("###")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| autolora |"))
+    # totals 300 and 180 (mean 240) against uniform's 220 and 110 (mean 165): 240 / 165 = 1.45; against each
+    # cell's own retrain + eval: 300 / 150 = 2 and 180 / 90 = 2
+    assert row == "| autolora | 120.0 | 80.0 | 40.0 | 240.0 | 1.45 | 2.00 |"
