@@ -386,6 +386,11 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79])):
         for seed, value in enumerate(values):
             cache.write_result(root, scored({**uniform, "method": method}, seed, value))
+    searched = cache.read_result(budget_results, TASK, "autolora", 0)
+    reversed_ranks = dict(zip(searched["ranks"], reversed(list(searched["ranks"].values()))))
+    for seed, value in enumerate([0.91, 0.93, 0.90]):  # the same search with the ranks in reverse module order
+        cache.write_result(root, scored({**searched, "method": "autolora_first_order", "ranks": reversed_ranks},
+                                        seed, value))
     text = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures"))
     reading = text.split("## Reading")[1]
     assert f"excludes 0 on {TASK}." in reading
@@ -393,6 +398,12 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     assert "uniform r=8 − uniform r=2: +0.0100 [-0.0397, +0.0597], n=3, within noise." in reading
     # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above
     assert "adalora: +0.0267 [+0.0123, +0.0410], n=3, AutoLoRA higher" in reading
+    # first order − finite differences: d = 0.01, 0.01, -0.01: mean 0.0033, sd 0.0115, half-width 0.0287; ranks
+    # reversed across modules against the same seed's finite-difference ranks
+    expected = scipy_stats.spearmanr(list(searched["ranks"].values()), list(reversed_ranks.values())).statistic
+    assert expected < 0.99
+    assert (f"finite differences: +0.0033 [-0.0254, +0.0320], n=3, within noise; the two searches' ranks of the "
+            f"same seed agree with mean Spearman {expected:.2f} (3 seeds)") in reading
     cache.write_result(root, scored(cache.read_result(budget_results, TASK, "adalora", 0), 1, 0.95))
     reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
     assert "excludes 0 on none of the 1 tasks run so far." in reading
