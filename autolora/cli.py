@@ -22,7 +22,7 @@ from .loading import default_model_dir, load_base_model, load_tokenizer
 from .model import get_autolora_model
 from .plots import plot_alpha_history, plot_rank_heatmap, plot_search_diagnostics
 from .retrain import build_retrain_model, train
-from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, search
+from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, resolve_settings, search
 from .readout import uniform_ranks
 from .tasks import TASK_TYPES
 
@@ -104,10 +104,11 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search-steps", type=non_negative_int, default=300)
     group.add_argument("--preset", choices=sorted(PRESETS), default="default",
                        help="search settings: default (chosen from the measurements in docs/search.md) or paper "
-                            "(paper 5.1: weight lr 1e-4, selection lr 1e-3, no warm-up); the flags below override it")
-    group.add_argument("--method", choices=METHODS, default="finite_difference",
-                       help="mixed term of the hypergradient: finite_difference (default), exact, or first_order "
-                            "(dropped: h = grad_beta Lval(W'), the lookahead W' kept)")
+                            "(paper 5.1: weight lr 1e-4, selection lr 1e-3, no warm-up, finite differences); the "
+                            "flags below override it")
+    group.add_argument("--method", choices=METHODS,
+                       help="mixed term of the hypergradient: first_order (dropped: h = grad_beta Lval(W'), the "
+                            "lookahead W' kept; default preset), finite_difference (paper preset) or exact")
     group.add_argument("--meta-every", type=positive_int, default=1, help="a meta step every N inner steps")
     group.add_argument("--weight-lr", type=float, help="AdamW lr of the LoRA weights (paper: 1e-4)")
     group.add_argument("--selection-lr", type=float, help="lr of the selection logits (paper: 1e-3)")
@@ -291,7 +292,7 @@ def run_search(args: argparse.Namespace, data: TaskData, tokenizer,
     model = get_autolora_model(base_model(args, data, tokenizer, double_backward=args.method == "exact"),
                                search_config(args))
     logger.info("search: %d steps, method %s, %d training examples split 1:1 into D_tr/D_val",
-                args.search_steps, args.method, len(data.train))
+                args.search_steps, resolve_settings(args.preset, method=args.method).method, len(data.train))
     monitor.phase = "search"
     result = search(model, data.train, steps=args.search_steps, preset=args.preset, method=args.method,
                     batch_size=args.batch_size, weight_lr=args.weight_lr, selection_lr=args.selection_lr,

@@ -16,9 +16,11 @@ dropout noise on D_val only adds variance to h. ``val_dropout=True`` evaluates i
 training passes (including the finite-difference passes, which replay the step's random state) keep dropout.
 
 Presets (:data:`PRESETS`): "paper" is paper §5.1 (weights lr 1e-4, selection lr 1e-3, no warm-up, SGD lookahead,
-AdamW on the logits); "default" (weights lr 1e-2, selection lr 1e-2, 50 warm-up steps, SGD lookahead, AdamW on
-the logits) is the one setting whose recovery of planted ranks was positive on every seed in docs/planted_ranks.md
-(see docs/search.md for how weak that is). Explicit arguments override the preset. Weight decay is 0.01 on the
+AdamW on the logits, finite-difference mixed term); "default" (weights lr 1e-2, selection lr 1e-2, 50 warm-up steps,
+SGD lookahead, AdamW on the logits, first order) is the one setting whose recovery of planted ranks was positive on
+every seed in docs/planted_ranks.md (see docs/search.md for how weak that is); the mixed term is under 2% of h at
+these settings and buys no accuracy that the measurements can see, so the default drops it, at about half the
+meta-step cost (docs/search.md, "Defaults"). Explicit arguments override the preset. Weight decay is 0.01 on the
 weights and 0 on the logits (decay pulls beta to 0, alpha to uniform).
 
 Afterwards the rank of layer l is #{j : alpha_lj >= threshold} (paper §4.4); :class:`SearchResult` also carries
@@ -51,20 +53,22 @@ BARELY_TRAINED = 0.9
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The learning-rate schedule of a search: weights and selection learning rates, inner steps before the first
-    meta step, the lookahead model of the inner step, and the optimiser of the selection logits."""
+    """The settings a preset fixes: weights and selection learning rates, inner steps before the first meta step,
+    the lookahead model of the inner step, the optimiser of the selection logits, and how the hypergradient's mixed
+    term is formed."""
     weight_lr: float
     selection_lr: float
     warmup_steps: int
     lookahead: str
     selection_optimizer: str
+    method: str
 
 
 PRESETS = {
     "paper": SearchSettings(weight_lr=1e-4, selection_lr=1e-3, warmup_steps=0, lookahead="sgd",
-                            selection_optimizer="adamw"),
+                            selection_optimizer="adamw", method="finite_difference"),
     "default": SearchSettings(weight_lr=1e-2, selection_lr=1e-2, warmup_steps=50, lookahead="sgd",
-                              selection_optimizer="adamw"),
+                              selection_optimizer="adamw", method="first_order"),
 }
 
 
@@ -169,6 +173,8 @@ def resolve_settings(preset: str, **overrides) -> SearchSettings:
     if settings.selection_optimizer not in SELECTION_OPTIMIZERS:
         raise ValueError(f"selection_optimizer must be one of {SELECTION_OPTIMIZERS}, got "
                          f"{settings.selection_optimizer!r}")
+    if settings.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {settings.method!r}")
     return settings
 
 
@@ -206,16 +212,14 @@ class RankSearcher:
     :class:`autolora.SearchTrainer` drives it from ``Trainer.training_step``. Settings as in :func:`search`.
     """
 
-    def __init__(self, model: torch.nn.Module, *, preset: str = "default", method: str = "finite_difference",
+    def __init__(self, model: torch.nn.Module, *, preset: str = "default", method: str | None = None,
                  weight_lr: float | None = None, selection_lr: float | None = None, warmup_steps: int | None = None,
                  lookahead: str | None = None, selection_optimizer: str | None = None, eta: float | None = None,
                  weight_decay: float = 0.01, meta_every: int = 1, fd_radius: float = 0.01, val_dropout: bool = False,
                  record_every: int = 1, inner_optimizer: torch.optim.Optimizer | None = None):
         self.settings = resolve_settings(preset, weight_lr=weight_lr, selection_lr=selection_lr,
                                          warmup_steps=warmup_steps, lookahead=lookahead,
-                                         selection_optimizer=selection_optimizer)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+                                         selection_optimizer=selection_optimizer, method=method)
         for name, value in (("meta_every", meta_every), ("record_every", record_every)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -229,7 +233,8 @@ class RankSearcher:
         self.outer_optimizer = _selection_optimizer(self.settings.selection_optimizer, betas,
                                                     self.settings.selection_lr)
         self.bilevel = hypergrad.BilevelOptimizer(model, self.inner_optimizer, self.outer_optimizer, model_loss,
-                                                  model_loss if val_dropout else eval_mode_loss, method=method,
+                                                  model_loss if val_dropout else eval_mode_loss,
+                                                  method=self.settings.method,
                                                   lr=eta, fd_radius=fd_radius, meta_every=meta_every,
                                                   lookahead=self.settings.lookahead,
                                                   warmup_steps=self.settings.warmup_steps)
@@ -296,7 +301,7 @@ class RankSearcher:
 
 
 def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "default",
-           method: str = "finite_difference", weight_lr: float | None = None, selection_lr: float | None = None,
+           method: str | None = None, weight_lr: float | None = None, selection_lr: float | None = None,
            warmup_steps: int | None = None, lookahead: str | None = None, selection_optimizer: str | None = None,
            eta: float | None = None, batch_size: int = 16, weight_decay: float = 0.01, meta_every: int = 1,
            fd_radius: float = 0.01, val_dropout: bool = False, seed: int = 0, record_every: int = 1, tokenizer=None,
@@ -307,9 +312,10 @@ def search(model: torch.nn.Module, train_dataset, *, steps: int, preset: str = "
 
     ``train_dataset`` is the whole training set; it is split 1:1 into D_tr/D_val with ``seed``; D_tr batches are
     drawn with ``seed``, D_val batches with ``seed + 1``, dropout from ``seed`` (the caller's random state is left
-    untouched). ``preset`` gives ``weight_lr``, ``selection_lr``, ``warmup_steps``, ``lookahead`` and
-    ``selection_optimizer`` unless they are passed. ``eta`` is the SGD lookahead's step size (None: the weights'
-    learning rate; 0: the paper's eta = 0 ablation; with ``lookahead="adam"`` it replaces the Adam step's lr).
+    untouched). ``preset`` gives ``weight_lr``, ``selection_lr``, ``warmup_steps``, ``lookahead``,
+    ``selection_optimizer`` and ``method`` unless they are passed. ``eta`` is the SGD lookahead's step size (None:
+    the weights' learning rate; 0: the paper's eta = 0 ablation; with ``lookahead="adam"`` it replaces the Adam
+    step's lr).
     With ``checkpoint_path`` the search checkpoints every ``checkpoint_every`` steps and on Ctrl-C, and
     ``resume=True`` continues to the identical result. Each step is one :meth:`RankSearcher.step`.
 

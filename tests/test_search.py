@@ -9,7 +9,7 @@ from autolora.config import AutoLoRAConfig
 from autolora.data import make_loader, split_in_two
 from autolora.model import adapter_branches, get_autolora_model, selection_parameters
 from autolora.training import model_loss, weight_parameters
-from autolora.rank_search import search
+from autolora.rank_search import RankSearcher, search
 from autolora.selection import rank_from_alpha
 from tiny_models import VOCAB_SIZE, tiny_bert
 
@@ -232,6 +232,10 @@ def test_presets_and_overrides():
     from autolora.rank_search import PRESETS, resolve_settings
     paper = resolve_settings("paper")
     assert (paper.weight_lr, paper.selection_lr, paper.warmup_steps, paper.lookahead) == (1e-4, 1e-3, 0, "sgd")
+    assert (paper.method, resolve_settings("default").method) == ("finite_difference", "first_order")
+    assert RankSearcher(autolora_bert()).bilevel.method == "first_order"
+    assert RankSearcher(autolora_bert(), preset="paper").bilevel.method == "finite_difference"
+    assert RankSearcher(autolora_bert(), method="exact").bilevel.method == "exact"
     assert resolve_settings("paper", warmup_steps=7).warmup_steps == 7
     assert set(PRESETS) == {"paper", "default"}
     with pytest.raises(ValueError, match="preset"):
@@ -240,6 +244,8 @@ def test_presets_and_overrides():
         resolve_settings("paper", lookahead="newton")
     with pytest.raises(ValueError, match="selection_optimizer"):
         resolve_settings("paper", selection_optimizer="lbfgs")
+    with pytest.raises(ValueError, match="method must be one of"):
+        resolve_settings("default", method="newton")
 
 
 RESUME_OPTIONS = dict(warmup_steps=2, steps=6, batch_size=4, selection_lr=0.05, checkpoint_every=3, seed=1)

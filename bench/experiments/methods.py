@@ -9,8 +9,10 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
 
 * ``uniform_r{2,4,8}``: rank r on every module.
 * ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search`` with preset "default" or
-  "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components. Context rows with
-  one setting changed from the library defaults: ``autolora_sigmoid`` (sigmoid selection), ``autolora_sigmoid_lr1e-3``
+  "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components. Every AutoLoRA row
+  forms the hypergradient by finite differences unless it says otherwise (the default preset's method when the suite
+  started; the default preset now drops the mixed term, which is the ``autolora_first_order`` row). Context rows with
+  one setting changed from ``autolora``: ``autolora_sigmoid`` (sigmoid selection), ``autolora_sigmoid_lr1e-3``
   (the same at weights lr 1e-3), and the paper's ablations ``autolora_eta0`` (eta = 0, W' = W), ``autolora_none``
   (no constraint on alpha) and ``autolora_exact`` (the exact hypergradient, on eager attention); and
   ``autolora_first_order`` (the first-order hypergradient: h without the mixed term, one pass fewer per meta step
@@ -255,6 +257,10 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
 
 
 def autolora_method(preset: str, selection: str = "softmax", **options) -> Callable[[Cell], Outcome]:
+    """An AutoLoRA row: search with ``preset``, ``selection`` and ``options`` (finite differences unless ``options``
+    name a method), then the recipe's retraining of the budget ranks."""
+    options = {"method": "finite_difference", **options}
+
     def run(cell: Cell) -> Outcome:
         ranks, diagnostics = search_allocation(cell, preset, selection, **options)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
@@ -358,7 +364,7 @@ def run_full_ft(cell: Cell) -> Outcome:
 METHODS = {method.name: method for method in (
     # name, run, headline, budget_matched, allocates, description
     Method("autolora", autolora_method("default"), True, True, True,
-           "AutoLoRA search (library defaults), budget readout"),
+           "AutoLoRA search (default preset, finite-difference hypergradient), budget readout"),
     Method("uniform_r4", uniform_method(4), True, True, False, "uniform LoRA r=4 (the reference budget)"),
     Method("shuffled", run_shuffled, True, True, True, "AutoLoRA's rank histogram shuffled across modules"),
     Method("eva", run_eva, True, True, True, "EVA's allocation (PEFT, rho 2), our retraining"),
@@ -367,18 +373,19 @@ METHODS = {method.name: method for method in (
     Method("autolora_paper", autolora_method("paper"), False, True, True,
            "AutoLoRA search, paper preset, budget readout"),
     Method("autolora_sigmoid", autolora_method("default", "sigmoid"), False, True, True,
-           "AutoLoRA search, library defaults with sigmoid selection (no per-layer sum), budget readout"),
+           "as autolora with sigmoid selection (no per-layer sum)"),
     Method("autolora_sigmoid_lr1e-3", autolora_method("default", "sigmoid", weight_lr=1e-3), False, True, True,
            "as autolora_sigmoid with weights lr 1e-3 during the search (at 1e-2 its search loss climbs back to "
            "chance after the warm-up)"),
     Method("autolora_eta0", autolora_method("default", eta=0.0), False, True, True,
-           "AutoLoRA search, library defaults with the paper's eta = 0 ablation (W' = W), budget readout"),
+           "as autolora with the paper's eta = 0 ablation (W' = W)"),
     Method("autolora_none", autolora_method("default", "none"), False, True, True,
-           "AutoLoRA search, library defaults with no constraint on alpha (selection none), budget readout"),
+           "as autolora with no constraint on alpha (selection none)"),
     Method("autolora_exact", autolora_method("default", method="exact"), False, True, True,
-           "AutoLoRA search, library defaults with the exact hypergradient, budget readout"),
+           "as autolora with the exact hypergradient (eager attention)"),
     Method("autolora_first_order", autolora_method("default", method="first_order"), False, True, True,
-           "AutoLoRA search, library defaults with the first-order hypergradient (no mixed term), budget readout"),
+           "AutoLoRA search, the default preset as it ships (first-order hypergradient: no mixed term), budget "
+           "readout"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),
