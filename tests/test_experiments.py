@@ -123,12 +123,13 @@ def test_filter_selects_cells_in_run_order():
                      ("wnut16_500", "uniform_r4", 1), ("wnut16_500", "eva", 1)]
     context = run.plan(run.parse_filter("task=wnut16_500,method=uniform_r8"))
     assert [seed for _, _, seed in context] == [0, 1, 2]
-    assert run.plan(run.parse_filter("task=wnut16,method=uniform_r8")) == []  # context rows: low-data tasks only
+    assert run.plan(run.parse_filter("task=wnut16,method=eva_init")) == []  # context rows: low-data tasks only
+    assert [seed for _, _, seed in run.plan(run.parse_filter("task=wnut16,method=uniform_r8"))] == [0, 1, 2]
     headline = run.plan(run.parse_filter("task=wnut16,method=adalora"))
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * 5 * 5 + 2 * 11 * 3
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 9 * 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -367,7 +368,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * 5 * 5 + 2 * 11 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 9 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1

@@ -138,8 +138,9 @@ class Outcome:
 @dataclass(frozen=True)
 class Method:
     """A row of the suite. ``headline``: 5 seeds on every task, run first (the other rows: 3 seeds on the low-data
-    tasks, :data:`CONTEXT_TASKS`, which keeps the suite's wall time down); ``budget_matched``: must train
-    P_ref +- 5%; ``allocates``: its ranks differ across modules (rank stability and heatmaps)."""
+    tasks, :data:`CONTEXT_TASKS`, which keeps the suite's wall time down, or on every task with ``every_task``);
+    ``budget_matched``: must train P_ref +- 5%; ``allocates``: its ranks differ across modules (rank stability and
+    heatmaps)."""
 
     name: str
     run: Callable[[Cell], Outcome]
@@ -147,6 +148,7 @@ class Method:
     budget_matched: bool
     allocates: bool
     description: str
+    every_task: bool = False
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -155,7 +157,7 @@ class Method:
     @property
     def task_names(self) -> tuple[str, ...]:
         """The tasks the suite runs this row on."""
-        return tuple(tasks.TASKS) if self.headline else CONTEXT_TASKS
+        return tuple(tasks.TASKS) if self.headline or self.every_task else CONTEXT_TASKS
 
 
 def target_names(model: torch.nn.Module) -> list[str]:
@@ -362,7 +364,7 @@ def run_full_ft(cell: Cell) -> Outcome:
 
 
 METHODS = {method.name: method for method in (
-    # name, run, headline, budget_matched, allocates, description
+    # name, run, headline, budget_matched, allocates, description[, every_task]
     Method("autolora", autolora_method("default"), True, True, True,
            "AutoLoRA search (default preset, finite-difference hypergradient), budget readout"),
     Method("uniform_r4", uniform_method(4), True, True, False, "uniform LoRA r=4 (the reference budget)"),
@@ -387,8 +389,8 @@ METHODS = {method.name: method for method in (
            "AutoLoRA search, the default preset as it ships (first-order hypergradient: no mixed term), budget "
            "readout"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
-    Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2"),
-    Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8"),
+    Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
+    Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
     Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),
 )}
 

@@ -145,7 +145,8 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
     lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
               f"r=4, shuffled, EVA, AdaLoRA) on every task, {', '.join(map(str, methods.CONTEXT_SEEDS))} for the "
               "others, "
-              f"which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only. "
+              f"which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only, except uniform r=2 and "
+              "r=8 (every task: whether rank matters at all). "
               f"Cells run: {len(records)} of {planned}."]
     run_hours, pending, pending_hours = suite_hours(results)
     lines += [f"* Wall time: the cells run took {run_hours:.1f} h (one after another, 1 torch thread each); the "

@@ -4,12 +4,13 @@
                                     [--results DIR] [--list]
 
 Cells run in this order: the headline methods (AutoLoRA, uniform r=4, shuffled, EVA, AdaLoRA) on every task and
-seed first, seed by seed, then the context rows (on the low-data tasks only). ``--filter`` keeps the cells whose
-task, method and seed are among the listed values (a key given several times accepts any of its values:
-``method=eva,method=uniform_r4``). ``--seeds`` replaces the default seeds (5 for headline methods, 3 for the
-others). A cell whose result file exists is skipped, so an interrupted or partial run resumes where it stopped; a
-finished cell's JSON is written atomically. After ``--max-minutes`` no new cell is started (the one in flight
-finishes). A cell that fails is reported with its traceback, the others still run, and the exit status is 1.
+seed first, seed by seed, then the context rows (on the low-data tasks; uniform r=2 and r=8 on every task).
+``--filter`` keeps the cells whose task, method and seed are among the listed values (a key given several times
+accepts any of its values: ``method=eva,method=uniform_r4``). ``--seeds`` replaces the default seeds (5 for headline
+methods, 3 for the others). A cell whose result file exists is skipped, so an interrupted or partial run resumes
+where it stopped; a finished cell's JSON is written atomically. After ``--max-minutes`` no new cell is started (the
+one in flight finishes). A cell that fails is reported with its traceback, the others still run, and the exit
+status is 1.
 """
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not cells:
         parser.error(f"--filter {args.filter!r} selects no cell "
-                     f"(context rows run on {', '.join(methods.CONTEXT_TASKS)} only)")
+                     f"(most context rows run on {', '.join(methods.CONTEXT_TASKS)} only)")
     if args.list:
         for task, method, seed in cells:
             cached = cache.read_result(args.results, task, method, seed) is not None
