@@ -408,6 +408,10 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     cache.write_result(root, scored(cache.read_result(budget_results, TASK, "adalora", 0), 1, 0.95))
     reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
     assert "excludes 0 on none of the 1 tasks run so far." in reading
+    wnut = {**cache.read_result(budget_results, TASK, "autolora", 0), "task": "wnut16_500"}
+    cache.write_result(root, scored(wnut, 0, 0.5))
+    reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
+    assert "none of the 2 tasks run so far (wnut16_500: one seed so far, no interval yet)." in reading
 
 
 def test_cost_table_reports_each_cell_against_its_own_retraining(budget_results, tmp_path):

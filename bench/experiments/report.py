@@ -353,8 +353,10 @@ def reading_section(results: Results) -> list[str]:
     wins = [task for task in run if all(
         (d := stats.paired_difference(results.scores(task, SUBJECT), results.scores(task, control))) is not None
         and d.low is not None and d.low > 0 for control in CONTROLS)]
+    single = [task for task in run if len(results.seeds(task, SUBJECT)) < 2]
     lines += ["", "AutoLoRA is above every control with a 95% interval that excludes 0 on "
-              + (", ".join(wins) if wins else f"none of the {len(run)} tasks run so far") + "."]
+              + (", ".join(wins) if wins else f"none of the {len(run)} tasks run so far")
+              + (f" ({', '.join(single)}: one seed so far, no interval yet)" if single else "") + "."]
     return lines + [""]
 
 
