@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from autolora.plots import layer_and_projection  # noqa: E402
 
-from . import cache, methods, stats, tasks  # noqa: E402
+from . import cache, methods, run, stats, tasks  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "docs", "results.md")
@@ -127,15 +127,14 @@ def suite_hours(results: Results) -> tuple[float, int, float]:
     totals = {name: [r["wall_seconds"]["total"] for r in results.records if r["method"] == name]
               for name in methods.METHODS}
     every = [t for values in totals.values() for t in values]
-    pending = [m.name for m in methods.METHODS.values() for task in m.task_names for seed in m.seeds
-               if seed not in results.seeds(task, m.name)]
+    pending = [method for task, method, seed in run.plan({}) if seed not in results.seeds(task, method)]
     estimate = {name: float(np.mean(values or every or [0.0])) for name, values in totals.items()}
     return sum(every) / 3600, len(pending), sum(estimate[name] for name in pending) / 3600
 
 
 def setup_section(results: Results, figures_link: str) -> list[str]:
     records = results.records
-    planned = sum(len(m.seeds) * len(m.task_names) for m in methods.METHODS.values())
+    planned = len(run.plan({}))
     lines = ["## How these numbers were made", ""]
     commands = sorted({r.get("command") for r in records if r.get("command")})
     lines += ["* Suite: `python -m bench.experiments.run` runs every (task, method, seed) cell without a cached result "
@@ -348,18 +347,18 @@ def reading_section(results: Results) -> list[str]:
     """Per task the paired comparisons and what explains them, then which tasks (if any) show AutoLoRA above every
     control with an interval that excludes 0."""
     lines = ["## Reading", ""]
-    run = [task for task in tasks.TASKS if results.seeds(task, SUBJECT)]
-    if not run:
+    measured = [task for task in tasks.TASKS if results.seeds(task, SUBJECT)]
+    if not measured:
         return lines + ["AutoLoRA has no results yet, so no paired comparison can be read: the rows above that say "
                         f"\"{NOT_RUN}\" are still to be run.", ""]
-    for task in run:
+    for task in measured:
         lines += task_reading(results, task)
-    wins = [task for task in run if all(
+    wins = [task for task in measured if all(
         (d := stats.paired_difference(results.scores(task, SUBJECT), results.scores(task, control))) is not None
         and d.low is not None and d.low > 0 for control in CONTROLS)]
-    single = [task for task in run if len(results.seeds(task, SUBJECT)) < 2]
+    single = [task for task in measured if len(results.seeds(task, SUBJECT)) < 2]
     lines += ["", "AutoLoRA is above every control with a 95% interval that excludes 0 on "
-              + (", ".join(wins) if wins else f"none of the {len(run)} tasks run so far")
+              + (", ".join(wins) if wins else f"none of the {len(measured)} tasks run so far")
               + (f" ({', '.join(single)}: one seed so far, no interval yet)" if single else "") + "."]
     return lines + [""]
 
