@@ -27,7 +27,7 @@ from .export import SELECTION_FILE, export_peft_adapter, head_state, selection_s
 from .model import (adapter_branches, alphas, get_autolora_model, merge_and_unload, ranks, stored_config,
                     unload_adapters)
 from .peft_config import autolora_config_from, lora_config_for
-from .readout import budget_ranks
+from .readout import budget_ranks, check_score, component_energies
 from .selection import selection_threshold
 
 CONFIG_FILE = "autolora_config.json"
@@ -82,19 +82,25 @@ class AutoLoRAModel(torch.nn.Module):
         """{branch name: copy of alpha} (:func:`autolora.model.alphas`)."""
         return alphas(self._adapted())
 
-    def budget_ranks(self, budget: int, search_result=None) -> dict[str, int]:
+    def budget_ranks(self, budget: int, search_result=None, score: str = "margin") -> dict[str, int]:
         """Ranks from the ``budget`` best-scored components over all branches, at least one per branch
         (:func:`autolora.readout.budget_ranks`).
 
-        With ``search_result`` (the :class:`autolora.SearchResult` of the search that trained this model) the score
-        is its margin, the distance to the threshold against the search's own noise, which needs the alpha history.
-        Without it the score is the final alphas' distance to their layer's threshold, alpha_j - lambda: no
-        history, no noise scale, so with softmax it compares layers fairly only when they have the same number of
-        components (alpha_j = 0.2 is far above 1/8 but below 1/4).
+        ``score="margin"``: with ``search_result`` (the :class:`autolora.SearchResult` of the search that trained this
+        model) the score is its margin, the distance to the threshold against the search's own noise, which needs
+        the alpha history. Without it the score is the final alphas' distance to their layer's threshold,
+        alpha_j - lambda: no history, no noise scale, so with softmax it compares layers fairly only when they have
+        the same number of components (alpha_j = 0.2 is far above 1/8 but below 1/4).
+        ``score="energy"``: the singular values of each branch's update B diag(s alpha) A as the model holds it now
+        (:func:`autolora.readout.component_energies`; ``search_result`` is not needed).
         """
         if self.config.selection == "fixed":
             raise ValueError('a model with selection="fixed" has no selection logits to read a budget from')
-        if search_result is None:
+        check_score(score)
+        if score == "energy":
+            scores = {name: component_energies(b.lora_A, b.lora_B, b.weighted_alpha())
+                      for name, b in adapter_branches(self._adapted()).items()}
+        elif search_result is None:
             scores = {name: alpha - selection_threshold(alpha, self.config.selection)
                       for name, alpha in self.alphas().items()}
         else:

@@ -23,7 +23,7 @@ from .model import get_autolora_model
 from .plots import plot_alpha_history, plot_rank_heatmap, plot_search_diagnostics
 from .retrain import build_retrain_model, train
 from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, resolve_settings, search
-from .readout import uniform_ranks
+from .readout import BUDGET_SCORES, uniform_ranks
 from .tasks import TASK_TYPES
 
 logger = logging.getLogger("autolora")
@@ -121,6 +121,10 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=positive_int,
                        help="read ranks off the N components with the largest margins over all modules (at least "
                             "1 per module) instead of the paper's per-layer threshold")
+    group.add_argument("--budget-score", choices=BUDGET_SCORES, default="margin",
+                       help="what --budget ranks components by: margin (alpha's distance from its threshold "
+                            "against the search's noise) or energy (singular values of each module's searched "
+                            "update B diag(s alpha) A; see docs/search.md)")
 
 
 def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: bool) -> None:
@@ -275,7 +279,8 @@ def write_search_outputs(args: argparse.Namespace, result: SearchResult, ranks: 
     out = args.output_dir
     write_json(os.path.join(out, "ranks.json"), ranks)
     summary = {**result.summary(), "ranks": ranks, "threshold_ranks": result.ranks, "budget": args.budget,
-               "train_losses": result.train_losses, "diagnostics": result.diagnostics}
+               "budget_score": args.budget_score, "train_losses": result.train_losses,
+               "diagnostics": result.diagnostics}
     write_json(os.path.join(out, "search_diagnostics.json"), summary)
     plot_search_diagnostics(result.train_losses, result.diagnostics, os.path.join(out, "diagnostics.png"))
     atomic_write(os.path.join(out, "alphas.safetensors"),
@@ -301,7 +306,7 @@ def run_search(args: argparse.Namespace, data: TaskData, tokenizer,
                     seed=args.seed, tokenizer=tokenizer,
                     checkpoint_path=checkpoint_file(args, "search"), checkpoint_every=args.checkpoint_every,
                     resume=resume_phase(args, "search"), callback=monitor, progress=True)
-    ranks = result.ranks if args.budget is None else result.budget_ranks(args.budget)
+    ranks = result.ranks if args.budget is None else result.budget_ranks(args.budget, args.budget_score)
     write_search_outputs(args, result, ranks)
     logger.info("searched ranks: %s", json.dumps(ranks))
     verdict = result.summary()["verdict"]

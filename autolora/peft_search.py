@@ -16,11 +16,12 @@ from .loading import use_eager_attention
 from .model import adapter_branches, get_autolora_model
 from .peft_config import autolora_config_from, lora_config_for
 from .rank_search import search
-from .readout import check_budget
+from .readout import check_budget, check_score
 
 
 def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, steps: int = 300,
-                       budget: int | None = None, seed: int = 0, return_result: bool = False, **search_options):
+                       budget: int | None = None, budget_score: str = "margin", seed: int = 0,
+                       return_result: bool = False, **search_options):
     """Search per-module LoRA ranks for ``model`` on ``train_dataset`` and return the ``peft.LoraConfig`` whose
     ``get_peft_model(model, config)`` build has them.
 
@@ -33,7 +34,8 @@ def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, st
     backward can be differentiated again.
 
     The ranks are the paper's per-layer threshold (``result.ranks``), or with ``budget`` the ``budget`` components
-    with the largest margins over all branches, at least one per branch (``result.budget_ranks(budget)``). The
+    with the largest margins over all branches, at least one per branch (``result.budget_ranks(budget)``; with
+    ``budget_score="energy"`` the largest singular values of the searched updates, see :mod:`autolora.readout`). The
     returned config has them as ``rank_pattern`` (full module names; GPT-2's ``c_attn`` gets r_q + r_v),
     ``target_modules`` the adapted module names, the heads trained during the search as ``modules_to_save``, and
     ``lora_alpha``, ``lora_dropout``, ``task_type`` and ``init_lora_weights`` from ``lora_config``; PEFT scales each
@@ -46,19 +48,20 @@ def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, st
         model = get_peft_model(base, cfg)
 
     Raises TypeError for a ``lora_config`` that is not a ``peft.LoraConfig``, ValueError for a field the search
-    cannot honour, an empty ``train_dataset``, ``steps < 0`` and a ``budget`` outside [number of branches,
-    ``r`` * number of branches].
+    cannot honour, an unknown ``budget_score``, an empty ``train_dataset``, ``steps < 0`` and a ``budget`` outside
+    [number of branches, ``r`` * number of branches].
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
         raise ValueError("train_dataset is empty: the search needs training examples (it splits them 1:1 into "
                          "D_tr and D_val)")
+    check_score(budget_score)
     searched = searchable_copy(model, lora_config, seed=seed, exact=search_options.get("method") == "exact")
     if budget is not None:  # before the search instead of after it
         check_budget(budget, [branch.r for branch in adapter_branches(searched).values()])
     result = search(searched, train_dataset, steps=steps, seed=seed, **search_options)
-    ranks = result.ranks if budget is None else result.budget_ranks(budget)
+    ranks = result.ranks if budget is None else result.budget_ranks(budget, budget_score)
     config = lora_config_for(searched, ranks, template=lora_config)
     return (config, result) if return_result else config
 

@@ -41,7 +41,8 @@ import hypergrad
 from .checkpoint import load_trainable_state, trainable_state
 from .data import model_inputs, split_in_two
 from .model import adapter_branches, alphas as read_alphas, ranks as read_ranks, stored_config
-from .readout import alpha_separation, budget_ranks, component_margins, separation_verdict
+from .readout import (alpha_separation, budget_ranks, check_score, component_energies, component_margins,
+                      separation_verdict)
 from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
 METHODS = hypergrad.UNROLLED_METHODS
@@ -83,6 +84,8 @@ class SearchResult:
     diagnostics: per meta step "step", "val_loss", "hypergrad_norm" {module: [...]} (norm of h over the module's
     logits), "direct_norm" and "mixed_norm" (global norms of the two terms of h); see :meth:`summary`.
     selection: the selection mode (its threshold defines the margins).
+    energies: module name -> singular values of the searched update B diag(s alpha) A at the end of the search
+    (:func:`autolora.readout.component_energies`), the scores of the energy budget readout.
     """
     ranks: dict[str, int]
     alphas: dict[str, torch.Tensor]
@@ -91,19 +94,25 @@ class SearchResult:
     val_losses: list[float] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
     selection: str = "softmax"
+    energies: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def margins(self, tail: float = 0.5) -> dict[str, torch.Tensor]:
         """Per module the margin of every component (:func:`autolora.readout.component_margins`)."""
         return {name: component_margins(h, self.selection, tail=tail) for name, h in self.history["alphas"].items()}
 
-    def budget_ranks(self, budget: int) -> dict[str, int]:
-        """Ranks of the ``budget`` components with the largest margins, at least one per module."""
-        return budget_ranks(self.margins(), budget)
+    def budget_ranks(self, budget: int, score: str = "margin") -> dict[str, int]:
+        """Ranks of the ``budget`` best-scored components over all modules, at least one per module; ``score`` is
+        "margin" (each component's margin) or "energy" (the singular values of each module's searched update; see
+        :mod:`autolora.readout`)."""
+        check_score(score)
+        if score == "energy" and not self.energies:
+            raise ValueError("this result has no update energies (it was not made by RankSearcher.result)")
+        return budget_ranks(self.margins() if score == "margin" else self.energies, budget)
 
     def summary(self) -> dict:
         """Plain-type summary: ranks, per-module alpha separation, every component's margin and each module's weakest,
-        the verdict (none with fewer than 3 alpha records), the losses at the start and end of the search, and the
-        mixed term's share ||mixed|| / (||direct|| + ||mixed||).
+        the update energies, the verdict (none with fewer than 3 alpha records), the losses at the start and end of
+        the search, and the mixed term's share ||mixed|| / (||direct|| + ||mixed||).
 
         The verdict also says when the searched model barely trained: a training loss over the last 20 steps above
         :data:`BARELY_TRAINED` times the first 20 steps' (e.g. the paper's weights lr 1e-4 on MiniLM, or sigmoid
@@ -124,6 +133,7 @@ class SearchResult:
         return {"ranks": dict(self.ranks), "total_rank": sum(self.ranks.values()),
                 "alpha_separation": {n: alpha_separation(a, self.selection) for n, a in self.alphas.items()},
                 "margins": {n: m.tolist() for n, m in margins.items()}, **verdict,
+                "energies": {n: e.tolist() for n, e in self.energies.items()},
                 "train_loss_first": first, "train_loss_last": last, "val_loss_last": _mean_of(self.val_losses[-20:]),
                 "mixed_share_mean": _mean_of(shares), "meta_steps": len(diag.get("step", []))}
 
@@ -281,7 +291,9 @@ class RankSearcher:
                             alphas={n: a.detach().cpu() for n, a in read_alphas(self.model).items()},
                             history=self.recorder.as_history(), train_losses=list(self.train_losses),
                             val_losses=list(self.val_losses), diagnostics=copy.deepcopy(self.diagnostics),
-                            selection=stored_config(self.model).selection)
+                            selection=stored_config(self.model).selection,
+                            energies={name: component_energies(b.lora_A, b.lora_B, b.weighted_alpha()).cpu()
+                                      for name, b in self.branches.items()})
 
     def state_dict(self) -> dict:
         """Everything :meth:`step` mutates besides the model's parameters: both optimisers, the step counter, the

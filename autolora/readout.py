@@ -21,6 +21,17 @@ layer of 4 and a layer of 8 components, and a layer without any signal still spl
 is comparable across layers (a z-score against each component's own fluctuation), so the budget readout keeps the N
 components with the largest margins over all modules, at least one per module: first the best component of every
 module, then the remaining N - M by margin (ties broken by module order, then component index).
+
+Update energies. The alphas share their scale with the factors (alpha_j B[:, j] A[j, :] is unchanged when alpha_j
+halves and B[:, j] doubles), so alpha alone does not say how much of a module's update a component carries. The
+energy readout scores a module's components by the singular values of its searched update,
+
+    sigma_1 >= ... >= sigma_k   of   Delta W = B diag(w) A,   w = s * alpha,
+
+the size of the weight change itself, in the base weight's units and comparable across modules whatever their
+number of components; the budget readout then keeps the N largest over all modules, at least one per module
+(rank r of a module = its r largest singular values). It reads the learned factors and the selection together: a
+component the selection switched off contributes nothing, one the factors never used contributes nothing either.
 """
 from __future__ import annotations
 
@@ -34,6 +45,7 @@ from .selection import selection_threshold
 MARGIN_CLIP = 1e6
 BLOCK = 20  # records per increment block: covers the correlation time of AdamW's momentum (beta_1 = 0.9)
 DECIDED_MARGIN = 3.0  # |margin| at which a keep/drop decision is taken as separated from noise
+BUDGET_SCORES = ("margin", "energy")  # what the budget readout ranks components by
 
 
 def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.5) -> torch.Tensor:
@@ -53,6 +65,18 @@ def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.
     margin = torch.where(noise > 0, distance / noise.clamp_min(torch.finfo(history.dtype).tiny),
                          torch.sign(distance) * MARGIN_CLIP)
     return margin.clamp(-MARGIN_CLIP, MARGIN_CLIP)
+
+
+def component_energies(lora_A: torch.Tensor, lora_B: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sigma_1 >= ... >= sigma_k, the singular values of Delta W = B diag(w) A (``lora_A`` k x d_in, ``lora_B``
+    d_out x k, ``weights`` w = s * alpha of length k), in float64, zero-padded to k when min(d_out, d_in) < k."""
+    k = weights.numel()
+    if lora_A.shape[0] != k or lora_B.shape[1] != k:
+        raise ValueError(f"lora_A {tuple(lora_A.shape)} and lora_B {tuple(lora_B.shape)} do not have the {k} "
+                         "components of weights")
+    update = (lora_B.detach().double() * weights.detach().double()) @ lora_A.detach().double()
+    values = torch.linalg.svdvals(update)[:k]  # Delta W has rank <= k
+    return torch.cat([values, values.new_zeros(k - values.numel())])
 
 
 def alpha_separation(alpha: torch.Tensor, selection: str) -> float:
@@ -87,6 +111,12 @@ def check_budget(budget: int, sizes: Sequence[int]) -> None:
     if not len(sizes) <= budget <= sum(sizes):
         raise ValueError(f"budget must be between {len(sizes)} (one component per module) and {sum(sizes)} (all "
                          f"components), got {budget}")
+
+
+def check_score(score: str) -> None:
+    """ValueError unless ``score`` is one of :data:`BUDGET_SCORES`."""
+    if score not in BUDGET_SCORES:
+        raise ValueError(f"the budget readout's score must be one of {BUDGET_SCORES}, got {score!r}")
 
 
 def budget_ranks(margins: Mapping[str, torch.Tensor], budget: int) -> dict[str, int]:

@@ -10,9 +10,11 @@ Every configuration forms the hypergradient by finite differences unless it name
 preset's method when the table was first run; the default preset now drops the mixed term, the row marked "the
 shipped default").
 
-Readouts scored against the planted ranks (Spearman over the 8 modules): the paper's per-layer threshold, and the
-budget readout (largest margins, at least one per module) at the planted total (ranks 0 counted as 1). Each cached
-run keeps its alpha history, and the report recomputes margins and the budget readout from it.
+Readouts scored against the planted ranks (Spearman over the 8 modules): the paper's per-layer threshold, the
+budget readout (largest margins, at least one per module) at the planted total (ranks 0 counted as 1), and the
+energy budget readout at the same total (largest singular values of the searched updates B diag(s alpha) A). Each
+cached run keeps its alpha history and its update energies (runs cached before energies were recorded have none),
+and the report recomputes margins and both budget readouts from them.
 
     python bench/planted_ranks.py [--configs paper lr ...] [--seeds 0 1] [--steps 300]
     python bench/planted_ranks.py --report
@@ -63,6 +65,18 @@ CONFIGS = {
                                          selection_lr=1e3),
     "default, sigmoid, sgd logits lr 1e4": dict(preset="default", selection="sigmoid", selection_optimizer="sgd",
                                                 selection_lr=1e4),
+    "default, 1000 steps, first_order": dict(preset="default", method="first_order", steps=1000),
+    "default, sigmoid, 1000 steps, first_order": dict(preset="default", selection="sigmoid", method="first_order",
+                                                      steps=1000),
+    # the controls for the energy readout: the same searches with the selection frozen at its start (alpha = 1/k for
+    # softmax, 1/2 for sigmoid; selection lr 0), i.e. plain LoRA read by the singular values of its updates
+    "default, 1000 steps, first_order, selection frozen": dict(preset="default", method="first_order", steps=1000,
+                                                               selection_lr=0.0),
+    "default, sigmoid, 1000 steps, first_order, selection frozen": dict(
+        preset="default", selection="sigmoid", method="first_order", steps=1000, selection_lr=0.0),
+    # ... and at twice the scale (lora_alpha 32: s * alpha = 2, the most a learned sigmoid alpha can reach)
+    "default, sigmoid, 1000 steps, first_order, selection frozen, scale x2": dict(
+        preset="default", selection="sigmoid", method="first_order", steps=1000, selection_lr=0.0, lora_alpha=32.0),
 }
 
 
@@ -85,28 +99,33 @@ def run(config: str, seed: int, steps: int) -> dict:
                                 seed=0)
     options = {"steps": steps, "method": "finite_difference", **CONFIGS[config]}
     selection = options.pop("selection", "softmax")
+    lora_alpha = options.pop("lora_alpha", AutoLoRAConfig.lora_alpha)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = get_autolora_model(base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[], selection=selection))
+        model = get_autolora_model(base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[], selection=selection,
+                                                                lora_alpha=lora_alpha))
     start = time.perf_counter()
     result = search(model, data, seed=seed, **options)
     summary = result.summary()
-    return {"config": config, "seed": seed, "options": options, "selection": selection,
+    return {"config": config, "seed": seed, "options": options, "selection": selection, "lora_alpha": lora_alpha,
             "seconds": time.perf_counter() - start, "planted": dict(zip(MODULES, PLANTED)),
             "threshold_ranks": result.ranks, "spearman_threshold": spearman(result.ranks),
             "train_loss_first": summary["train_loss_first"], "train_loss_last": summary["train_loss_last"],
-            "mixed_share_mean": summary["mixed_share_mean"],
+            "mixed_share_mean": summary["mixed_share_mean"], "energies": summary["energies"],
             "alpha_history": {n: h.tolist() for n, h in result.history["alphas"].items()},
             "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__}
 
 
 def readouts(record: dict) -> dict:
     """Margins (current definition) from the cached alpha history: the budget readout, its Spearman, the share of
-    modules whose every component is separated."""
+    modules whose every component is separated; and the energy budget readout's Spearman (None for runs cached
+    without energies)."""
     selection = record.get("selection", "softmax")
     margins = {n: component_margins(torch.tensor(h), selection) for n, h in record["alpha_history"].items()}
     verdict = separation_verdict(margins)
-    return {"spearman_budget": spearman(budget_ranks(margins, BUDGET)), "separated_share": verdict["separated_share"]}
+    energies = {n: torch.tensor(e) for n, e in record.get("energies", {}).items()}
+    return {"spearman_budget": spearman(budget_ranks(margins, BUDGET)), "separated_share": verdict["separated_share"],
+            "spearman_energy": spearman(budget_ranks(energies, BUDGET)) if energies else None}
 
 
 def cached(config: str, seed: int) -> str:
@@ -121,27 +140,32 @@ def report() -> str:
               "Generated by `python bench/planted_ranks.py --report > docs/planted_ranks.md` from the cached runs in",
               "`bench/results/planted/` (produced by `python bench/planted_ranks.py`); do not edit by hand.", "",
               f"Planted ranks per module (layers 0-3, query then value): `{PLANTED}`; k = 8 components per module; "
-              f"budget readout at {BUDGET} components. Spearman is between the planted and the read ranks over the "
-              "8 modules (1 = same order), averaged over seeds; 'modules separated' is the share of modules whose "
+              f"both budget readouts at {BUDGET} components (margins; energies, the singular values of the searched "
+              "updates). Spearman is between the planted and the read ranks over the "
+              "8 modules (1 = same order), averaged over seeds ('not recorded': run cached before energies were "
+              "kept); 'modules separated' is the share of modules whose "
               "every component has |margin| >= 3 (autolora.readout); 'mixed share' is "
-              "||mixed|| / (||direct|| + ||mixed||) averaged over meta steps (0 for first_order, which drops it); every "
+              "||mixed|| / (||direct|| + ||mixed||) averaged over meta steps (0 for first_order, which drops it); "
+              "every "
               "row uses finite differences unless it names first_order; 'seconds per search' is wall time on a "
               "shared machine whose load varied between runs (not a cost comparison: see docs/results.md).", ""]
     if runs_all:
         machine = runs_all[0].get("hardware", f"{cpu_model()}, {os.cpu_count()} cores")
         header += [f"Machine: {machine}; torch {runs_all[0].get('torch', torch.__version__)}.", ""]
-    rows = ["| configuration | Spearman, per-layer threshold | Spearman, budget readout | modules separated | "
-            "train loss first -> last | mixed share | seconds per search | seeds |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| configuration | Spearman, per-layer threshold | Spearman, budget readout | Spearman, energy readout | "
+            "modules separated | train loss first -> last | mixed share | seconds per search | seeds |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for config in CONFIGS:
         runs = [json.load(open(cached(config, s))) for s in range(100) if os.path.exists(cached(config, s))]
         runs = [{**r, **readouts(r)} for r in runs]
         if not runs:
-            rows.append(f"| {config} | not run yet | | | | | | |")
+            rows.append(f"| {config} | not run yet | | | | | | | |")
             continue
 
         def mean(key, spread=False):
             values = [r[key] for r in runs if r[key] is not None]
+            if key == "spearman_energy" and not any("energies" in r for r in runs):
+                return "not recorded"
             if not values:
                 return "n/a (constant ranks)"
             mu = sum(values) / len(values)
@@ -150,7 +174,8 @@ def report() -> str:
         losses = f"{mean('train_loss_first')} -> {mean('train_loss_last')}"
         mixed = mean("mixed_share_mean")
         rows.append(f"| {config} | {mean('spearman_threshold', True)} | {mean('spearman_budget', True)} | "
-                    f"{mean('separated_share')} | {losses} | {mixed} | {mean('seconds')} | {len(runs)} |")
+                    f"{mean('spearman_energy', True)} | {mean('separated_share')} | {losses} | {mixed} | "
+                    f"{mean('seconds')} | {len(runs)} |")
     return "\n".join(header + rows) + "\n"
 
 
@@ -178,7 +203,8 @@ def main(argv=None):
             os.replace(path + ".part", path)
             scores = readouts(record)
             print(f"{config} seed {seed}: threshold {record['spearman_threshold']} budget {scores['spearman_budget']} "
-                  f"separated {scores['separated_share']:.2f} ({record['seconds']:.0f} s)", flush=True)
+                  f"energy {scores['spearman_energy']} separated {scores['separated_share']:.2f} "
+                  f"({record['seconds']:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,28 @@ def test_budget_ranks_from_a_search_result():
         fixed.budget_ranks(4)
 
 
+def test_budget_ranks_by_update_energy():
+    """Orthogonal unit rows of A and orthogonal columns of B: the singular values of B diag(s alpha) A are
+    s alpha ||B_j||, here s / 4 times the column norms chosen below, so the order is known by hand."""
+    model = AutoLoRAModel(tiny_bert(), AutoLoRAConfig(max_rank=4))
+    norms = [[4.0, 3.0, 0.0, 0.0], [2.5, 0.0, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5], [3.5, 0.1, 0.0, 0.0]]
+    with torch.no_grad():
+        for branch, column_norms in zip(adapter_branches(model.model).values(), norms):
+            branch.lora_A.zero_()
+            branch.lora_B.zero_()
+            for j, norm in enumerate(column_norms):
+                branch.lora_A[j, j] = 1.0
+                branch.lora_B[j, j] = norm
+    names = BRANCHES["bert"]
+    # one per branch first (4, 2.5, 0.5, 3.5), then 3 (b0), 0.5, 0.5, 0.5 (b2), 0.1 (b3)
+    assert model.budget_ranks(4, score="energy") == dict.fromkeys(names, 1)
+    assert model.budget_ranks(6, score="energy") == dict(zip(names, [2, 1, 2, 1]))
+    assert model.budget_ranks(8, score="energy") == dict(zip(names, [2, 1, 4, 1]))
+    assert model.budget_ranks(9, score="energy") == dict(zip(names, [2, 1, 4, 2]))
+    with pytest.raises(ValueError, match="score must be one of"):
+        model.budget_ranks(4, score="alpha")
+
+
 def test_wrapper_injects_in_place_and_falls_back_to_the_model():
     base = tiny_bert()
     model = AutoLoRAModel(base, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))

@@ -345,6 +345,18 @@ def test_budget_readout_and_uniform_comparison(workspace, tmp_path, capsys):
     assert os.path.getsize(out / "diagnostics.png") > 0
 
 
+def test_energy_budget_score_reads_the_largest_update_energies(workspace, tmp_path):
+    out = tmp_path / "energy"
+    main(cli_args(workspace, "classification", out, "search", "--budget", "7", "--budget-score", "energy"))
+    ranks = json.loads((out / "ranks.json").read_text())
+    diagnostics = json.loads((out / "search_diagnostics.json").read_text())
+    assert diagnostics["budget_score"] == "energy" and sum(ranks.values()) == 7 and min(ranks.values()) >= 1
+    energies = diagnostics["energies"]
+    kept = [e for n, r in ranks.items() for e in energies[n][1:r]]
+    dropped = [e for n, r in ranks.items() for e in energies[n][r:]]
+    assert min(kept) >= max(dropped)
+
+
 def test_budget_outside_its_range_is_an_input_error(workspace, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args(workspace, "classification", tmp_path / "b", "search", "--budget", "1"))

@@ -129,7 +129,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 9 * 3
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 10 * 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -287,6 +287,17 @@ def test_autolora_cells_carry_their_search_diagnostics(budget_results, method, p
     assert set(search["alpha_separation"]) == set(search["ranks"]) and "verdict" in search
 
 
+def test_energy_row_reads_its_ranks_off_the_searched_update_energies(budget_results):
+    record = cache.read_result(budget_results, TASK, "autolora_sigmoid_energy", 0)
+    search, ranks = record["search"], record["ranks"]
+    assert search["budget_score"] == "energy" and search["selection"] == "sigmoid"
+    assert search["options"] == {"method": "first_order", "weight_lr": 1e-3}
+    kept = [e for name, r in ranks.items() for e in search["energies"][name][1:r]]
+    dropped = [e for name, r in ranks.items() for e in search["energies"][name][r:]]
+    assert kept and dropped and min(kept) >= max(dropped)
+    assert cache.read_result(budget_results, TASK, "autolora", 0)["search"]["budget_score"] == "margin"
+
+
 def test_context_rows_report_their_own_budget(tiny_suite):
     run_cells(tiny_suite, f"task={TASK},method=uniform_r8,method=full_ft")
     shapes = target_shapes_from_weights(tiny_bert(num_labels=2))
@@ -368,7 +379,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 9 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 10 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1

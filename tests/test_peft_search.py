@@ -186,6 +186,14 @@ def test_budget_config_holds_exactly_budget_components(arch):
     assert sum(peft_ranks(peft_model_of(arch, config)).values()) == budget
 
 
+def test_energy_budget_config_holds_the_energy_readout():
+    budget = 4 + 3
+    config, result = search_lora_config(tiny_bert(), token_dataset(), user_config(), budget=budget,
+                                        budget_score="energy", return_result=True, **SEARCH)
+    assert config.rank_pattern == per_module(result.budget_ranks(budget, "energy"))
+    assert sum(config.rank_pattern.values()) == budget
+
+
 @pytest.mark.parametrize("budget,rank", [(4, 1), (4 * K, K)])
 def test_budget_extremes_give_uniform_ranks(budget, rank):
     config = search_lora_config(tiny_bert(), token_dataset(), user_config(), budget=budget, **SEARCH)
@@ -214,6 +222,7 @@ def test_budget_out_of_range_is_refused(budget, error, message, no_search):
     ({"steps": 2.5}, ValueError, "steps must be an integer >= 0"),
     ({"lora_config": {"r": 4}}, TypeError, "peft.LoraConfig"),
     ({"lora_config": user_config(use_dora=True)}, ValueError, "use_dora"),
+    ({"budget": 5, "budget_score": "alpha"}, ValueError, "score must be one of"),
 ])
 def test_bad_arguments_are_refused(arguments, error, message, no_search):
     given = {"train_dataset": token_dataset(), "lora_config": user_config(), "steps": 2, **arguments}

@@ -1,11 +1,13 @@
-"""autolora.readout: margins against hand-computed values, the separation verdict, and the budget readout."""
+"""autolora.readout: margins against hand-computed values, the separation verdict, the budget readout, and update
+energies against closed forms and numpy's SVD."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from autolora.readout import (MARGIN_CLIP, alpha_separation, budget_ranks, component_margins, separation_verdict,
-                              shuffled_ranks, uniform_ranks)
+from autolora.readout import (MARGIN_CLIP, alpha_separation, budget_ranks, check_score, component_energies,
+                              component_margins, separation_verdict, shuffled_ranks, uniform_ranks)
 
 
 def test_margin_of_a_hand_computed_history():
@@ -124,3 +126,35 @@ def test_shuffled_ranks_permute_the_histogram_reproducibly():
     assert sorted(first.values()) == sorted(ranks.values())
     assert first == again and first != other
     assert first != ranks
+
+
+def test_update_energies_are_the_closed_form_singular_values_of_orthogonal_components():
+    """With orthogonal rows of A and orthogonal columns of B, Delta W = sum_j w_j B_j A_j^T is already an SVD:
+    its singular values are |w_j| ||B_j|| ||A_j||, sorted; a component with w_j = 0 or B_j = 0 contributes 0."""
+    a = torch.zeros(4, 6)
+    a[0, 0], a[1, 2], a[2, 3], a[3, 5] = 2.0, 1.0, 3.0, 0.5
+    b = torch.zeros(5, 4)
+    b[1, 0], b[0, 1], b[4, 2], b[3, 3] = 1.5, 2.0, 0.0, 4.0
+    w = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    # |w| ||B|| ||A||: 0.5*1.5*2 = 1.5, 1*2*1 = 2, 2*0*3 = 0, 0*4*0.5 = 0
+    torch.testing.assert_close(component_energies(a, b, w), torch.tensor([2.0, 1.5, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_update_energies_match_numpy_svd_of_the_explicit_update_and_pad_to_k():
+    generator = torch.Generator().manual_seed(0)
+    a, b, w = torch.randn(3, 7, generator=generator), torch.randn(9, 3, generator=generator), torch.rand(3)
+    expected = np.linalg.svd((b.double().numpy() * w.double().numpy()) @ a.double().numpy(), compute_uv=False)[:3]
+    np.testing.assert_allclose(component_energies(a, b, w).numpy(), expected, rtol=1e-10)
+    # k = 5 components in a 2 x 3 layer: Delta W has at most 2 singular values, padded with zeros to k
+    a, b, w = torch.randn(5, 3, generator=generator), torch.randn(2, 5, generator=generator), torch.rand(5)
+    energies = component_energies(a, b, w)
+    assert energies.shape == (5,) and bool((energies[2:] == 0).all()) and bool((energies[:2] > 0).all())
+    with pytest.raises(ValueError, match="components of weights"):
+        component_energies(torch.randn(4, 3), torch.randn(2, 5), torch.rand(5))
+
+
+def test_budget_score_names_are_checked():
+    check_score("margin")
+    check_score("energy")
+    with pytest.raises(ValueError, match="score must be one of"):
+        check_score("alpha")

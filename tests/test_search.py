@@ -1,6 +1,9 @@
 """autolora.search (autolora/rank_search.py): what the rank search trains, what it leaves alone, its first step,
 its settings, diagnostics, record and resume."""
+import dataclasses
+
 import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -206,6 +209,32 @@ def test_diagnostics_are_consistent_with_the_search():
     assert summary["margins"] == {n: m.tolist() for n, m in result.margins().items()}
     budget = result.budget_ranks(len(result.ranks) + 3)
     assert sum(budget.values()) == len(result.ranks) + 3 and min(budget.values()) >= 1
+
+
+def test_energies_are_the_singular_values_of_the_update_the_forward_applies():
+    """Oracle: Delta W read off the forward itself (adapted layer minus its base layer on the identity matrix, eval
+    mode), its singular values from numpy. The energy budget readout keeps, per module, components at least as
+    energetic as every component it drops (beyond each module's first)."""
+    model = autolora_bert()
+    result = search(model, synthetic_dataset(), steps=5, batch_size=4, selection_lr=0.05, warmup_steps=0)
+    model.eval()
+    with torch.no_grad():
+        for name, branch in adapter_branches(model).items():
+            eye = torch.eye(branch.base_layer.in_features)
+            delta = (branch(eye) - branch.base_layer(eye)).T.double().numpy()
+            expected = np.linalg.svd(delta, compute_uv=False)[:K]
+            np.testing.assert_allclose(result.energies[name].numpy(), expected, rtol=1e-4, atol=1e-9)
+            assert result.summary()["energies"][name] == result.energies[name].tolist()
+    budget = len(result.ranks) + 3
+    ranks = result.budget_ranks(budget, "energy")
+    assert sum(ranks.values()) == budget and min(ranks.values()) >= 1
+    kept = [float(e) for n, r in ranks.items() for e in result.energies[n][1:r]]
+    dropped = [float(e) for n, r in ranks.items() for e in result.energies[n][r:]]
+    assert min(kept) >= max(dropped)
+    with pytest.raises(ValueError, match="score must be one of"):
+        result.budget_ranks(budget, "alpha")
+    with pytest.raises(ValueError, match="no update energies"):
+        dataclasses.replace(result, energies={}).budget_ranks(budget, "energy")
 
 
 def test_a_search_too_short_for_margins_has_no_verdict():

@@ -16,7 +16,9 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   (the same at weights lr 1e-3), and the paper's ablations ``autolora_eta0`` (eta = 0, W' = W), ``autolora_none``
   (no constraint on alpha) and ``autolora_exact`` (the exact hypergradient, on eager attention); and
   ``autolora_first_order`` (the first-order hypergradient: h without the mixed term, one pass fewer per meta step
-  than finite differences).
+  than finite differences); ``autolora_sigmoid_energy`` reads its ranks by the energy budget readout (the singular
+  values of each module's searched update, ``autolora.readout.component_energies``) after a first-order sigmoid
+  search at weights lr 1e-3.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -225,12 +227,13 @@ def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-def search_allocation(cell: Cell, preset: str, selection: str = "softmax", **options) -> tuple[dict[str, int], dict]:
+def search_allocation(cell: Cell, preset: str, selection: str = "softmax", score: str = "margin",
+                      **options) -> tuple[dict[str, int], dict]:
     """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper"), ``selection``
     ("softmax" as in the paper, "sigmoid" or "none") and the other search ``options`` (``weight_lr``, ``eta``,
     ``method``; the exact method runs on eager attention) for ``search_steps`` steps (k = ``search_max_rank``
-    components per module), then the budget readout of N = reference_rank * M components by margin
-    (``SearchResult.budget_ranks``). The one place the suite calls the search."""
+    components per module), then the budget readout of N = reference_rank * M components by ``score`` ("margin" or
+    "energy"; ``SearchResult.budget_ranks``). The one place the suite calls the search."""
     base = cell.base_model()
     if options.get("method") == "exact":
         use_eager_attention(base)
@@ -240,8 +243,9 @@ def search_allocation(cell: Cell, preset: str, selection: str = "softmax", **opt
         result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
                                  batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer,
                                  **options)
-        ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas))
-    return ranks, {**search_diagnostics(result, preset), "selection": selection, "options": options}
+        ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas), score)
+    return ranks, {**search_diagnostics(result, preset), "selection": selection, "options": options,
+                   "budget_score": score}
 
 
 def window_means(values: list[float], windows: int = 10) -> list[float]:
@@ -258,13 +262,14 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
             "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
-def autolora_method(preset: str, selection: str = "softmax", **options) -> Callable[[Cell], Outcome]:
+def autolora_method(preset: str, selection: str = "softmax", score: str = "margin",
+                    **options) -> Callable[[Cell], Outcome]:
     """An AutoLoRA row: search with ``preset``, ``selection`` and ``options`` (finite differences unless ``options``
-    name a method), then the recipe's retraining of the budget ranks."""
+    name a method), then the recipe's retraining of the budget ranks by ``score``."""
     options = {"method": "finite_difference", **options}
 
     def run(cell: Cell) -> Outcome:
-        ranks, diagnostics = search_allocation(cell, preset, selection, **options)
+        ranks, diagnostics = search_allocation(cell, preset, selection, score, **options)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
     return run
 
@@ -388,6 +393,10 @@ METHODS = {method.name: method for method in (
     Method("autolora_first_order", autolora_method("default", method="first_order"), False, True, True,
            "AutoLoRA search, the default preset as it ships (first-order hypergradient: no mixed term), budget "
            "readout"),
+    Method("autolora_sigmoid_energy", autolora_method("default", "sigmoid", "energy", weight_lr=1e-3,
+                                                      method="first_order"), False, True, True,
+           "sigmoid selection at weights lr 1e-3, first order, ranks by the energy budget readout (the singular "
+           "values of the searched updates; the readout that recovers planted ranks)"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
