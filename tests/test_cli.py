@@ -364,6 +364,14 @@ def test_budget_outside_its_range_is_an_input_error(workspace, tmp_path, capsys)
     assert "budget must be between" in capsys.readouterr().err
 
 
+def test_budget_score_without_a_budget_is_an_input_error(workspace, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(cli_args(workspace, "classification", tmp_path / "b", "search", "--budget-score", "energy"))
+    assert exit_info.value.code == 2
+    assert "give --budget N" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "ranks.json").exists()
+
+
 def replace(argv, old, new):
     return [new if a == old else a for a in argv]
 
