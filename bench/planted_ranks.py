@@ -68,6 +68,11 @@ CONFIGS = {
     "default, 1000 steps, first_order": dict(preset="default", method="first_order", steps=1000),
     "default, sigmoid, 1000 steps, first_order": dict(preset="default", selection="sigmoid", method="first_order",
                                                       steps=1000),
+    # the setting of the suite's autolora_sigmoid_energy row (weights lr 1e-3, at which sigmoid trains on real data)
+    "default, sigmoid, weights lr 1e-3, first_order": dict(preset="default", selection="sigmoid", weight_lr=1e-3,
+                                                           method="first_order"),
+    "default, sigmoid, weights lr 1e-3, 1000 steps, first_order": dict(
+        preset="default", selection="sigmoid", weight_lr=1e-3, method="first_order", steps=1000),
     # the controls for the energy readout: the same searches with the selection frozen at its start (alpha = 1/k for
     # softmax, 1/2 for sigmoid; selection lr 0), i.e. plain LoRA read by the singular values of its updates
     "default, 1000 steps, first_order, selection frozen": dict(preset="default", method="first_order", steps=1000,
