@@ -8,11 +8,14 @@ budget of every method; rank stability (mean Spearman between seeds); cost (wall
 LoRA r=4, with a 16-configuration rank grid extrapolated as 16 uniform runs); AutoLoRA's search diagnostics; and a
 reading per task (the paired intervals, whether rank matters at all there, the search's separation and rank
 stability, first order against finite differences) ending with the tasks, if any, where AutoLoRA is above every
-control. Rows without results say "not run yet".
+control. Rows without results say "not run yet", or "not planned" where the plan runs that method on other tasks
+only (the context rows run on the low-data tasks); the per-task paired, cost and diagnostics tables list the planned
+rows only.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from typing import Sequence
 
@@ -34,6 +37,7 @@ REFERENCE = "uniform_r4"
 CONTROLS = ("uniform_r4", "shuffled", "eva", "adalora")
 GRID_CONFIGURATIONS = 16
 NOT_RUN = "not run yet"
+NOT_PLANNED = "not planned"  # the plan runs this method on other tasks only (context rows: the low-data tasks)
 
 
 class Results:
@@ -52,9 +56,19 @@ class Results:
         """{seed: primary test metric}."""
         return {seed: r["test"][r["metric"]] for seed, r in self.seeds(task, method).items()}
 
+    def missing(self, task: str, method: str) -> str:
+        """What a cell of the tables says for a (task, method) without results: not run yet, or not planned."""
+        return NOT_RUN if (task, method) in planned_pairs() else NOT_PLANNED
+
     def mean_of(self, task: str, method: str, value) -> float | None:
         """Mean over seeds of ``value(record)``, None without results."""
         return mean_or_none(value(r) for r in self.seeds(task, method).values())
+
+
+@functools.cache
+def planned_pairs() -> frozenset[tuple[str, str]]:
+    """The (task, method) pairs the suite's plan has cells for (:func:`run.plan`)."""
+    return frozenset((task, method) for task, method, _ in run.plan({}))
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -73,7 +87,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def score_cell(results: Results, task: str, method: str) -> str:
     scores = list(results.scores(task, method).values())
     if not scores:
-        return NOT_RUN
+        return results.missing(task, method)
     mean, std = stats.mean_std(scores)
     return f"{mean:.4f} ± {fmt(std)} (n={len(scores)})"
 
@@ -178,7 +192,8 @@ def scores_section(results: Results) -> list[str]:
     header = ["method"] + [f"{name} ({spec.metric})" for name, spec in tasks.TASKS.items()]
     rows = [[f"{m.name}: {m.description}"] + [score_cell(results, task, m.name) for task in tasks.TASKS]
             for m in methods.METHODS.values()]
-    return ["## Test scores", "", "Mean ± standard deviation over seeds of the primary test metric.", ""] \
+    return ["## Test scores", "", "Mean ± standard deviation over seeds of the primary test metric (\"not planned\": "
+            "the plan runs this row on other tasks only).", ""] \
         + table(header, rows) + [""]
 
 
@@ -194,7 +209,8 @@ def differences_section(results: Results) -> list[str]:
     for task in tasks.TASKS:
         lines += [f"### {task}", ""]
         lines += table(["control", "n", "mean d", "95% interval", "reading"],
-                       [difference_row(results, task, control) for control in controls]) + [""]
+                       [difference_row(results, task, control) for control in controls
+                        if (task, control) in planned_pairs()]) + [""]
     return lines
 
 
@@ -228,7 +244,7 @@ def stability_section(results: Results, figure_links: dict[str, str]) -> list[st
         for task in tasks.TASKS:
             records = results.seeds(task, name)
             if not records:
-                row.append(NOT_RUN)
+                row.append(results.missing(task, name))
                 continue
             mean, pairs = stats.rank_stability({s: r["ranks"] for s, r in records.items()})
             row.append(f"{fmt(mean, 3)} ({pairs} pairs)")
@@ -255,7 +271,8 @@ def cost_section(results: Results) -> list[str]:
             phases = [results.mean_of(task, m.name, lambda r, p=p: r["wall_seconds"][p])
                       for p in ("allocation", "retrain", "eval", "total")]
             if phases[-1] is None:
-                rows.append([m.name] + [NOT_RUN] * 6)
+                if (task, m.name) in planned_pairs():
+                    rows.append([m.name] + [NOT_RUN] * 6)
                 continue
             ratio = f"{phases[-1] / reference:.2f}" if reference else "n/a"
             own = results.mean_of(task, m.name, own_run_ratio)
@@ -290,7 +307,8 @@ def diagnostics_section(results: Results) -> list[str]:
         for task in tasks.TASKS:
             searches = [r["search"] for r in results.seeds(task, name).values() if r.get("search")]
             if not searches:
-                rows.append([name, task] + [NOT_RUN] * 5)
+                if (task, name) in planned_pairs():
+                    rows.append([name, task] + [NOT_RUN] * 5)
                 continue
             first = mean_or_none(s["train_loss_curve"][0] for s in searches)
             last = mean_or_none(s["train_loss_curve"][-1] for s in searches)
