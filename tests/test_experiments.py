@@ -358,7 +358,8 @@ def test_report_reads_intervals_and_marks_missing_rows(budget_results, tmp_path)
     full_size = text.split("### rotten_tomatoes\n")[1].split("###")[0]
     assert "| uniform_r4 |" in full_size and "| uniform_r8 |" in full_size and "autolora_paper" not in full_size
     scores_row = next(line for line in text.splitlines() if line.startswith("| autolora_paper:"))
-    assert scores_row.split(" | ")[1:] == [report.NOT_PLANNED, report.NOT_RUN, report.NOT_PLANNED, f"{report.NOT_RUN} |"]
+    assert scores_row.split(" | ")[1:] == [report.NOT_PLANNED, report.NOT_RUN, report.NOT_PLANNED,
+                                           f"{report.NOT_RUN} |"]
     assert os.path.exists(tmp_path / "docs" / "figures" / "results_scores.png")
     assert f"figures/results_ranks_{TASK}.png" in text
 

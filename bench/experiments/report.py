@@ -201,7 +201,8 @@ def differences_section(results: Results) -> list[str]:
     lines = ["## Paired differences: AutoLoRA − control", "",
              "Per seed d = AutoLoRA − control (same seed, same split, same retraining); mean and 95% paired-t "
              "interval over the seeds both have. \"within noise\": the interval contains 0. Each interval holds "
-             f"at 95% on its own: of the {len(CONTROLS) * len(tasks.TASKS)} headline comparisons ({len(CONTROLS)} controls, "
+             f"at 95% on its own: of the {len(CONTROLS) * len(tasks.TASKS)} headline comparisons "
+             f"({len(CONTROLS)} controls, "
              f"{len(tasks.TASKS)} tasks) about {0.05 * len(CONTROLS) * len(tasks.TASKS):.1f} would exclude 0 by "
              "chance alone with no true difference, and an interval over n = 2 seeds rests on one degree of freedom.",
              ""]
