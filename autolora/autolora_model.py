@@ -24,10 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from .config import AutoLoRAConfig
 from .export import SELECTION_FILE, export_peft_adapter, head_state, selection_state
-from .model import (adapter_branches, alphas, get_autolora_model, merge_and_unload, ranks, stored_config,
+from .model import (adapter_branches, alphas, energies, get_autolora_model, merge_and_unload, ranks, stored_config,
                     unload_adapters)
 from .peft_config import autolora_config_from, lora_config_for
-from .readout import budget_ranks, check_score, component_energies
+from .readout import budget_ranks, check_score
 from .selection import selection_threshold
 
 CONFIG_FILE = "autolora_config.json"
@@ -98,8 +98,7 @@ class AutoLoRAModel(torch.nn.Module):
             raise ValueError('a model with selection="fixed" has no selection logits to read a budget from')
         check_score(score)
         if score == "energy":
-            scores = {name: component_energies(b.lora_A, b.lora_B, b.weighted_alpha())
-                      for name, b in adapter_branches(self._adapted()).items()}
+            scores = energies(self._adapted())
         elif search_result is None:
             scores = {name: alpha - selection_threshold(alpha, self.config.selection)
                       for name, alpha in self.alphas().items()}

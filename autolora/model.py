@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from autolora.config import DEFAULT_HEAD_NAMES, name_matches
 from autolora.layers import AdapterForward, AutoLoRAFusedQKV, AutoLoRALinear, SelectionWeightedLoRA, is_fused_qkv
+from autolora.readout import component_energies
 
 SUPPORTED = "nn.Linear and GPT-2's fused qkv Conv1D (c_attn, weight d x 3d)"
 # PEFT task type -> the transformers auto-class registry of model classes for that task.
@@ -149,6 +150,13 @@ def ranks(model):
 def alphas(model):
     """{branch name: detached copy of alpha}."""
     return {name: branch.alpha().detach().clone() for name, branch in adapter_branches(model).items()}
+
+
+def energies(model):
+    """{branch name: singular values of its update B diag(s alpha) A} (:func:`autolora.readout.component_energies`),
+    on the CPU."""
+    return {name: component_energies(branch.lora_A, branch.lora_B, branch.weighted_alpha()).cpu()
+            for name, branch in adapter_branches(model).items()}
 
 
 def lora_parameters(model):

@@ -40,9 +40,9 @@ import hypergrad
 
 from .checkpoint import load_trainable_state, trainable_state
 from .data import model_inputs, split_in_two
-from .model import adapter_branches, alphas as read_alphas, ranks as read_ranks, stored_config
-from .readout import (alpha_separation, budget_ranks, check_score, component_energies, component_margins,
-                      separation_verdict)
+from .model import (adapter_branches, alphas as read_alphas, energies as read_energies, ranks as read_ranks,
+                    stored_config)
+from .readout import alpha_separation, budget_ranks, check_score, component_margins, separation_verdict
 from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
 METHODS = hypergrad.UNROLLED_METHODS
@@ -292,8 +292,7 @@ class RankSearcher:
                             history=self.recorder.as_history(), train_losses=list(self.train_losses),
                             val_losses=list(self.val_losses), diagnostics=copy.deepcopy(self.diagnostics),
                             selection=stored_config(self.model).selection,
-                            energies={name: component_energies(b.lora_A, b.lora_B, b.weighted_alpha()).cpu()
-                                      for name, b in self.branches.items()})
+                            energies=read_energies(self.model))
 
     def state_dict(self) -> dict:
         """Everything :meth:`step` mutates besides the model's parameters: both optimisers, the step counter, the
