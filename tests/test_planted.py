@@ -58,6 +58,20 @@ def test_a_student_with_the_planted_updates_fits_the_labels_exactly():
     assert model_loss(regression_bert().float(), batch).item() > 1e-3  # the base model alone does not fit
 
 
+def test_a_larger_draw_extends_a_smaller_one_so_held_out_examples_share_the_teacher():
+    base = regression_bert()
+    small = planted_rank_dataset(base, PLANTED, num_examples=20, seq_len=5, sigma=0.7, seed=3)
+    large = planted_rank_dataset(base, PLANTED, num_examples=50, seq_len=5, sigma=0.7, seed=3)
+    assert large.select(range(20)).to_dict() == small.to_dict()
+    held_out = large.select(range(20, 50))
+    assert set(map(tuple, held_out["input_ids"])).isdisjoint(map(tuple, small["input_ids"]))
+    teacher = plant_ranks(base, PLANTED, sigma=0.7, seed=3)  # the held-out labels are the same teacher's outputs
+    ids = torch.tensor(held_out["input_ids"])
+    with torch.no_grad():
+        expected = teacher(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    torch.testing.assert_close(torch.tensor(held_out["labels"]), expected)
+
+
 def test_planted_task_refuses_bad_input():
     with pytest.raises(ValueError, match="problem_type='regression'"):
         planted_rank_dataset(BertForSequenceClassification(BertConfig(vocab_size=20, hidden_size=8,

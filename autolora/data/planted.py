@@ -53,7 +53,9 @@ def planted_rank_dataset(base_model: torch.nn.Module, ranks: Mapping[str, int], 
                          seq_len: int, sigma: float, seed: int = 0, vocab_low: int = 3) -> datasets.Dataset:
     """Random token sequences labelled with the outputs of :func:`plant_ranks` (``base_model`` must be a
     sequence-classification model with ``problem_type="regression"``; its ``num_labels`` outputs become the float
-    label vector of each example). Token ids are drawn uniformly from [vocab_low, vocab_size)."""
+    label vector of each example). Token ids are drawn uniformly from [vocab_low, vocab_size). A larger
+    ``num_examples`` extends the draw: its first examples are those of a smaller one with the same arguments, so the
+    rows past them are held-out examples of the same teacher."""
     if getattr(base_model.config, "problem_type", None) != "regression":
         raise ValueError("the planted-rank task regresses the teacher's outputs: build the base model with "
                          "problem_type='regression' and num_labels > 1")

@@ -204,18 +204,25 @@ def retrain(cell: Cell, ranks: dict[str, int], base: torch.nn.Module | None = No
 
 def fit(cell: Cell, model: torch.nn.Module, *, steps: int, lr: float,
         after_step: Callable[[int], None] | None = None) -> None:
-    """``steps`` AdamW(lr, recipe weight decay) steps on every parameter with requires_grad, on the recipe's batches
-    with the global RNG seeded from the cell's seed (as ``autolora.train`` does), for models ``autolora.train``
-    does not handle (PEFT models, full fine-tuning). ``after_step(t)`` runs after the optimiser step of step t,
-    before the gradients are cleared (AdaLoRA's ``update_and_allocate``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cell.recipe.weight_decay)
+    """:func:`fit_batches` on the recipe's batches with the recipe's weight decay and the cell's seed, for models
+    ``autolora.train`` does not handle (PEFT models, full fine-tuning)."""
     stream = batch_stream(model, cell.data.train, cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer)
+    fit_batches(model, stream, steps=steps, lr=lr, weight_decay=cell.recipe.weight_decay, seed=cell.seed,
+                after_step=after_step)
+
+
+def fit_batches(model: torch.nn.Module, batches, *, steps: int, lr: float, weight_decay: float, seed: int,
+                after_step: Callable[[int], None] | None = None) -> None:
+    """``steps`` AdamW(lr, weight_decay) steps on every parameter with requires_grad, one batch of the iterator
+    ``batches`` each, with the global RNG seeded from ``seed`` (as ``autolora.train`` does). ``after_step(t)`` runs
+    after the optimiser step of step t, before the gradients are cleared (AdaLoRA's ``update_and_allocate``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     with isolated_rng():
-        seed_rng(cell.seed)
+        seed_rng(seed)
         model.train()
         for t in range(steps):
-            loss = model_loss(model, next(stream))
+            loss = model_loss(model, next(batches))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss.item()} at step {t}; lower the learning rate")
             loss.backward()
@@ -301,41 +308,53 @@ def peft_task_type(cell: Cell) -> str:
 
 
 def eva_model(cell: Cell) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """A PEFT LoRA model (r = reference_rank, EVA init) and its EVA state dict {PEFT module name: the first
-    components of the SVD of the module's inputs, one row per allocated rank}, from the recipe's batches."""
-    from peft import EvaConfig, LoraConfig, get_eva_state_dict, get_peft_model
+    """:func:`peft_eva` on the cell's base model, targets and batches (r = reference_rank, the recipe's rho)."""
     base = cell.base_model()
-    config = LoraConfig(r=cell.recipe.reference_rank, lora_alpha=AutoLoRAConfig().lora_alpha,
-                        target_modules=list(cell.shapes), init_lora_weights="eva", task_type=peft_task_type(cell),
-                        eva_config=EvaConfig(rho=cell.recipe.eva_rho, use_label_mask=False))
-    model = get_peft_model(base, config)
     with cell.phase("allocation"):
-        state = get_eva_state_dict(model, cell.loader(), show_progress_bar=False)
-    return model, state
+        return peft_eva(base, list(cell.shapes), rank=cell.recipe.reference_rank, rho=cell.recipe.eva_rho,
+                        task_type=peft_task_type(cell), loader=cell.loader())
 
 
-def peft_ranks(cell: Cell, counts: dict[str, int]) -> dict[str, int]:
-    """{target module: rank} from PEFT's {name with any ``base_model.model.`` prefix or adapter suffix: count};
-    a target PEFT does not list gets rank 0."""
-    ranks = dict.fromkeys(cell.shapes, 0)
+def peft_eva(base: torch.nn.Module, targets: list[str], *, rank: int, rho: float, task_type: str,
+             loader) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A PEFT LoRA model of ``base`` (r = ``rank`` on ``targets``, EVA init, no label mask) and its EVA state dict
+    {PEFT module name: the first components of the SVD of the module's inputs, one row per allocated rank} from
+    ``loader``'s batches."""
+    from peft import EvaConfig, LoraConfig, get_eva_state_dict, get_peft_model
+    config = LoraConfig(r=rank, lora_alpha=AutoLoRAConfig().lora_alpha, target_modules=targets,
+                        init_lora_weights="eva", task_type=task_type,
+                        eva_config=EvaConfig(rho=rho, use_label_mask=False))
+    model = get_peft_model(base, config)
+    return model, get_eva_state_dict(model, loader, show_progress_bar=False)
+
+
+def eva_counts(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{PEFT module name: components EVA allocates} of an EVA state dict."""
+    return {name: u.shape[0] for name, u in state.items()}
+
+
+def peft_ranks(targets, counts: dict[str, int]) -> dict[str, int]:
+    """{target module: rank} over the module names ``targets`` from PEFT's {name with any ``base_model.model.``
+    prefix or adapter suffix: count}; a target PEFT does not list gets rank 0."""
+    ranks = dict.fromkeys(targets, 0)
     for name, count in counts.items():
-        owner = [target for target in cell.shapes if f".{target}." in f".{name}."]
+        owner = [target for target in ranks if f".{target}." in f".{name}."]
         if len(owner) != 1:
-            raise ValueError(f"PEFT module {name!r} matches {len(owner)} target modules of {list(cell.shapes)}")
+            raise ValueError(f"PEFT module {name!r} matches {len(owner)} target modules of {list(ranks)}")
         ranks[owner[0]] = int(count)
     return ranks
 
 
 def run_eva(cell: Cell) -> Outcome:
     _, state = eva_model(cell)
-    ranks = peft_ranks(cell, {name: u.shape[0] for name, u in state.items()})
+    ranks = peft_ranks(cell.shapes, eva_counts(state))
     return Outcome(retrain(cell, ranks), ranks)
 
 
 def run_eva_init(cell: Cell) -> Outcome:
     from peft import initialize_lora_eva_weights
     model, state = eva_model(cell)
-    ranks = peft_ranks(cell, {name: u.shape[0] for name, u in state.items()})
+    ranks = peft_ranks(cell.shapes, eva_counts(state))
     initialize_lora_eva_weights(model, eva_state_dict=state, show_progress_bar=False)
     with cell.phase("retrain"):
         fit(cell, model, steps=cell.recipe.retrain_steps, lr=cell.recipe.lr)
@@ -343,20 +362,30 @@ def run_eva_init(cell: Cell) -> Outcome:
 
 
 def run_adalora(cell: Cell) -> Outcome:
-    from peft import AdaLoraConfig, get_peft_model
     recipe = cell.recipe
     steps = recipe.search_steps
-    base = cell.base_model()
-    config = AdaLoraConfig(init_r=recipe.adalora_init_r, target_r=recipe.reference_rank,
-                           lora_alpha=AutoLoRAConfig().lora_alpha, target_modules=list(cell.shapes),
-                           total_step=steps, tinit=steps // 10, tfinal=max(1, steps // 5), deltaT=1,
-                           task_type=peft_task_type(cell))
-    model = get_peft_model(base, config)
+    model = peft_adalora(cell.base_model(), list(cell.shapes), init_r=recipe.adalora_init_r,
+                         target_r=recipe.reference_rank, steps=steps, task_type=peft_task_type(cell))
     with cell.phase("allocation"):
         fit(cell, model, steps=steps, lr=recipe.lr, after_step=model.base_model.update_and_allocate)
-    pattern = model.peft_config["default"].rank_pattern
-    ranks = peft_ranks(cell, {name: sum(mask) for name, mask in pattern.items()})
+    ranks = peft_ranks(cell.shapes, adalora_counts(model))
     return Outcome(retrain(cell, ranks), ranks, {"allocation_steps": steps})
+
+
+def peft_adalora(base: torch.nn.Module, targets: list[str], *, init_r: int, target_r: int, steps: int,
+                 task_type: str) -> torch.nn.Module:
+    """A PEFT AdaLoRA model of ``base`` (``init_r`` -> an average of ``target_r`` triplets per module over
+    ``steps`` steps: 10% warm-up, cubic budget schedule, final 20% at the target, a reallocation every step)."""
+    from peft import AdaLoraConfig, get_peft_model
+    config = AdaLoraConfig(init_r=init_r, target_r=target_r, lora_alpha=AutoLoRAConfig().lora_alpha,
+                           target_modules=targets, total_step=steps, tinit=steps // 10, tfinal=max(1, steps // 5),
+                           deltaT=1, task_type=task_type)
+    return get_peft_model(base, config)
+
+
+def adalora_counts(model: torch.nn.Module) -> dict[str, int]:
+    """{PEFT module name: triplets kept} of a trained AdaLoRA model's final ``rank_pattern``."""
+    return {name: int(sum(mask)) for name, mask in model.peft_config["default"].rank_pattern.items()}
 
 
 # --------------------------------------------------------------------------------------------------- full weights

@@ -1,0 +1,285 @@
+"""Does a searched allocation pay off where allocation matters? Retraining at one budget on the planted-rank task.
+
+The planted-rank task of bench/planted_ranks.py (tiny random BERT, planted ranks PLANTED on its 8 query/value
+modules) is the one task here on which the right allocation is known and matters by construction: a module of planted
+rank r needs r components, so uniform LoRA at the same total cannot fit the rank-8 and rank-4 modules. Every
+allocation below holds N = 24 rank-1 components (uniform r = 3 over 8 modules), except the planted ranks themselves
+(22: rank 0 counted as 1), and is retrained with one recipe (plain LoRA from a fresh start, ``autolora.train``: AdamW,
+``RETRAIN_STEPS`` steps, batch 16, the seed's initialisation and batch order) on the search's 512 training examples.
+The learning rate is the one of ``LR_GRID`` at which uniform r = 3, the control, reaches the lowest validation MSE
+(mean over the seeds): tuned for the control, then used for all. The score is the mean squared error on 512 test
+examples drawn from the same teacher that no search, retraining or tuning sees.
+
+The searched allocations are read from the cached searches of bench/planted_ranks.py (seed s's search for seed s's
+retraining), by the budget readout at N: by margin (``--budget``'s default) or by energy (the singular values of
+the searched updates). Controls: uniform r = 3; the searched ranks shuffled across modules with the seed
+(``autolora.readout.shuffled_ranks``: the same histogram, the allocation destroyed); plain LoRA's own energies (the
+same search with the selection frozen, read by the same energy readout). Peers, through PEFT at the same N: EVA
+(r = 3, rho 2, from the SVD of the modules' inputs) and AdaLoRA (init_r 8, target_r 3, 1000 steps at the tuned
+learning rate); a module they leave at rank 0 is not adapted in the retraining. Each (allocation, seed) result is
+cached as JSON under bench/results/planted_allocation/; ``--report`` prints docs/planted_allocation.md from the cache
+only.
+
+    PYTHONPATH=. python bench/planted_allocation.py [--allocations NAME ...] [--seeds 0 1 2 3 4]
+    PYTHONPATH=. python bench/planted_allocation.py --report > docs/planted_allocation.md
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from autolora import AutoLoRAConfig
+from autolora.data import make_loader, model_inputs, planted_rank_dataset
+from autolora.readout import budget_ranks, component_margins, shuffled_ranks
+from autolora.retrain import build_retrain_model, train
+from autolora.training import batch_stream
+from experiments.methods import adalora_counts, eva_counts, fit_batches, peft_adalora, peft_eva, peft_ranks
+from experiments.stats import paired_difference, spearman
+from hardware import cpu_model
+from planted_ranks import MODULES, PLANTED, base_model, cached as cached_search
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "planted_allocation")
+BUDGET = 3 * len(MODULES)
+SPLITS = {"train": range(0, 512), "validation": range(512, 1024), "test": range(1024, 1536)}
+RETRAIN_STEPS = 1000
+ADALORA_STEPS = 1000
+BATCH_SIZE = 16
+LR_GRID = (1e-2, 3e-3, 1e-3)
+SEEDS = (0, 1, 2, 3, 4)
+REFERENCE = "uniform r=3"
+SIGMOID_1000 = "default, sigmoid, 1000 steps, first_order"
+SHIPPED = "default, first_order (the shipped default)"
+FROZEN = "default, sigmoid, 1000 steps, first_order, selection frozen, scale x2"
+
+
+def planted_data():
+    """{split: dataset}: 1536 examples of the teacher of bench/planted_ranks.py; its first 512 are the examples the
+    cached searches trained on (the same generator, drawn further)."""
+    data = planted_rank_dataset(base_model(), dict(zip(MODULES, PLANTED)), num_examples=1536, seq_len=8, sigma=1.0,
+                                seed=0)
+    return {name: data.select(rows) for name, rows in SPLITS.items()}
+
+
+def searched(config: str, score: str):
+    """The ranks of ``config``'s cached search of a seed, read at N by ``score`` ("margin" or "energy")."""
+    def allocate(seed: int, data, lr: float) -> dict[str, int]:
+        path = cached_search(config, seed)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no cached search {path}; run python bench/planted_ranks.py --configs "
+                                    f"'{config}' --seeds {seed}")
+        record = json.load(open(path))
+        if score == "energy":
+            scores = {name: torch.tensor(values) for name, values in record["energies"].items()}
+        else:
+            selection = record.get("selection", "softmax")
+            scores = {name: component_margins(torch.tensor(history), selection)
+                      for name, history in record["alpha_history"].items()}
+        return budget_ranks(scores, BUDGET)
+    return allocate
+
+
+def shuffled(allocate):
+    return lambda seed, data, lr: shuffled_ranks(allocate(seed, data, lr), seed)
+
+
+def eva(seed: int, data, lr: float) -> dict[str, int]:
+    """PEFT's EVA allocation (r = 3, rho 2: N components, at most 6 per module) from the SVD of the target modules'
+    inputs over shuffled training batches of 16."""
+    loader = make_loader(data["train"], BATCH_SIZE, shuffle=True, seed=seed)
+    _, state = peft_eva(base_model(), MODULES, rank=BUDGET // len(MODULES), rho=2.0, task_type=None, loader=loader)
+    return peft_ranks(MODULES, eva_counts(state))
+
+
+def adalora(seed: int, data, lr: float) -> dict[str, int]:
+    """PEFT's AdaLoRA allocation (init_r 8, target_r 3: N triplets) after ADALORA_STEPS steps of AdamW at the
+    retraining's learning rate on the training batches, ``update_and_allocate`` after every step."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = peft_adalora(base_model(), MODULES, init_r=8, target_r=BUDGET // len(MODULES), steps=ADALORA_STEPS,
+                             task_type=None)
+    batches = batch_stream(model, model_inputs(data["train"]), BATCH_SIZE, seed=seed)
+    fit_batches(model, batches, steps=ADALORA_STEPS, lr=lr, weight_decay=0.01, seed=seed,
+                after_step=model.base_model.update_and_allocate)
+    return peft_ranks(MODULES, adalora_counts(model))
+
+
+SHUFFLED = "the sigmoid search's ranks (energy readout) shuffled across modules"
+FROZEN_ENERGY = "plain LoRA (selection frozen), 1000 steps; energy readout"
+EVA = "EVA (PEFT, r 3, rho 2)"
+ADALORA = "AdaLoRA (PEFT, init_r 8, target_r 3, 1000 steps)"
+SEARCHES = {  # the AutoLoRA rows
+    "AutoLoRA sigmoid, 1000 steps, first order; energy readout": searched(SIGMOID_1000, "energy"),
+    "AutoLoRA sigmoid, 1000 steps, first order; margin readout": searched(SIGMOID_1000, "margin"),
+    "AutoLoRA shipped default (300 steps); margin readout": searched(SHIPPED, "margin"),
+    "AutoLoRA shipped default (300 steps); energy readout": searched(SHIPPED, "energy"),
+    "AutoLoRA paper preset; margin readout": searched("paper", "margin"),
+}
+COLUMNS = {REFERENCE: "uniform r=3", SHUFFLED: "shuffled", FROZEN_ENERGY: "plain LoRA, energy readout",
+           EVA: "EVA", ADALORA: "AdaLoRA"}  # the controls' short names in the paired table
+CONTROLS = {  # what every AutoLoRA row is compared with, seed by seed
+    REFERENCE: lambda seed, data, lr: dict.fromkeys(MODULES, BUDGET // len(MODULES)),
+    SHUFFLED: shuffled(searched(SIGMOID_1000, "energy")),
+    FROZEN_ENERGY: searched(FROZEN, "energy"),
+    EVA: eva,
+    ADALORA: adalora,
+}
+PLANTED_RANKS = "planted ranks (rank 0 as 1; 22 components)"
+ALLOCATIONS = {PLANTED_RANKS: lambda seed, data, lr: {m: max(r, 1) for m, r in zip(MODULES, PLANTED)},
+               **SEARCHES, **CONTROLS}
+
+
+def mse(model: torch.nn.Module, dataset) -> float:
+    """Mean over examples and outputs of (model output - teacher output)^2."""
+    model.eval()
+    ids = torch.tensor(dataset["input_ids"])
+    with torch.no_grad():
+        outputs = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return float(((outputs - torch.tensor(dataset["labels"])) ** 2).mean())
+
+
+def retrain(ranks: dict[str, int], data, seed: int, lr: float) -> dict:
+    """The recipe (see the module docstring) on ``ranks`` (modules left out stay unadapted); validation and test
+    MSE and the final training loss."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_retrain_model(base_model(), AutoLoRAConfig(target_modules=list(ranks), modules_to_save=[]),
+                                    ranks)
+    start = time.perf_counter()
+    losses = train(model, data["train"], steps=RETRAIN_STEPS, batch_size=BATCH_SIZE, lr=lr, seed=seed).losses
+    return {"validation_mse": mse(model, data["validation"]), "test_mse": mse(model, data["test"]),
+            "train_loss_last": statistics.fmean(losses[-50:]), "seconds": time.perf_counter() - start}
+
+
+def cache_path(*parts: str) -> str:
+    return os.path.join(RESULTS, *parts)
+
+
+def load_or_run(path: str, compute) -> dict:
+    """The cached JSON at ``path``, or ``compute()`` written there atomically."""
+    if os.path.exists(path):
+        return json.load(open(path))
+    record = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(path + ".part", path)
+    return record
+
+
+def tuned_lr(data, seeds) -> float:
+    """The learning rate of LR_GRID with the lowest mean validation MSE of the reference (uniform r = 3)."""
+    scores = {}
+    for lr in LR_GRID:
+        runs = [load_or_run(cache_path("lr_tuning", f"lr{lr:g}", f"seed{seed}.json"),
+                            lambda: retrain(ALLOCATIONS[REFERENCE](seed, data, lr), data, seed, lr)) for seed in seeds]
+        scores[lr] = statistics.fmean(run["validation_mse"] for run in runs)
+        print(f"tuning: lr {lr:g} validation MSE {scores[lr]:.5f}", flush=True)
+    return min(scores, key=scores.get)
+
+
+def run_allocation(name: str, seed: int, data, lr: float) -> dict:
+    ranks = {module: rank for module, rank in ALLOCATIONS[name](seed, data, lr).items() if rank > 0}
+    return {"allocation": name, "seed": seed, "ranks": ranks, "lr": lr, "retrain_steps": RETRAIN_STEPS,
+            "batch_size": BATCH_SIZE, **retrain(ranks, data, seed, lr),
+            "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__}
+
+
+def results() -> dict[str, dict[int, dict]]:
+    """{allocation: {seed: cached record}} of every allocation with a cached result."""
+    found = {}
+    for name in ALLOCATIONS:
+        folder = cache_path(name)
+        if os.path.isdir(folder):
+            found[name] = {json.load(open(os.path.join(folder, f)))["seed"]: json.load(open(os.path.join(folder, f)))
+                           for f in sorted(os.listdir(folder)) if f.endswith(".json")}
+    return found
+
+
+def interval(difference) -> str:
+    """'mean [low, high]' of a paired difference, and whether the interval lies below 0, above 0 or contains it."""
+    if difference is None:
+        return "not run yet"
+    if difference.low is None:
+        return f"{difference.mean:+.5f} (one seed)"
+    verdict = "within noise" if difference.within_noise else ("lower" if difference.high < 0 else "higher")
+    return f"{difference.mean:+.5f} [{difference.low:+.5f}, {difference.high:+.5f}] {verdict}"
+
+
+def report() -> str:
+    runs = results()
+    tuning = {lr: [json.load(open(cache_path("lr_tuning", f"lr{lr:g}", f)))["validation_mse"]
+                   for f in sorted(os.listdir(cache_path("lr_tuning", f"lr{lr:g}")))]
+              for lr in LR_GRID if os.path.isdir(cache_path("lr_tuning", f"lr{lr:g}"))}
+    lines = ["# Retraining searched allocations on the planted-rank task", "",
+             "Generated by `PYTHONPATH=. python bench/planted_allocation.py --report > docs/planted_allocation.md` "
+             "from the cached runs in", "`bench/results/planted_allocation/` (produced by "
+             "`PYTHONPATH=. python bench/planted_allocation.py`); do not edit by hand.", "",
+             f"Planted ranks per module (layers 0-3, query then value): `{PLANTED}`. Every allocation holds {BUDGET} "
+             f"rank-1 components (uniform r = {BUDGET // len(MODULES)}) except the planted ranks (22). Each is "
+             f"retrained from a fresh start with one recipe ({RETRAIN_STEPS} AdamW steps, batch {BATCH_SIZE}, the "
+             "seed's initialisation and batch order) on the search's 512 training examples; the score is the mean "
+             "squared error against the teacher on 512 held-out test examples (lower is better; the frozen base "
+             "model without adapters is the starting point). The searched allocations are the budget readouts of "
+             "the cached searches of docs/planted_ranks.md, seed s's search for seed s's retraining. Paired "
+             "differences are per seed, with a 95% paired-t interval: 'lower' (better) or 'higher' when it "
+             "excludes 0, 'within noise' when it contains 0.", ""]
+    if tuning:
+        chosen = min(tuning, key=lambda lr: statistics.fmean(tuning[lr]))
+        lines += ["Learning rate, tuned for the control (uniform r = 3) on 512 validation examples, mean over seeds: "
+                  + ", ".join(f"{lr:g}: {statistics.fmean(v):.5f}" for lr, v in tuning.items())
+                  + f"; chosen {chosen:g}, used for every allocation.", ""]
+    if runs:
+        first = next(iter(next(iter(runs.values())).values()))
+        lines += [f"Machine: {first['hardware']}; torch {first['torch']}.", ""]
+    scores = {name: {s: r["test_mse"] for s, r in by_seed.items()} for name, by_seed in runs.items()}
+    lines += ["| allocation | components | test MSE | Spearman with planted ranks | seeds |", "|---|---|---|---|---|"]
+    for name in ALLOCATIONS:
+        if name not in runs:
+            lines.append(f"| {name} | not run yet | | | |")
+            continue
+        values = list(scores[name].values())
+        sd = f" ± {statistics.stdev(values):.5f}" if len(values) > 1 else ""
+        totals = sorted({sum(r["ranks"].values()) for r in runs[name].values()})
+        rhos = [spearman(PLANTED, [r["ranks"].get(m, 0) for m in MODULES]) for r in runs[name].values()]
+        rhos = [rho for rho in rhos if rho is not None]
+        rho = f"{statistics.fmean(rhos):.2f}" if rhos else "n/a (constant ranks)"
+        lines.append(f"| {name} | {'-'.join(map(str, totals))} | {statistics.fmean(values):.5f}{sd} | {rho} | "
+                     f"{len(values)} |")
+    lines += ["", "Paired test-MSE differences, AutoLoRA row minus control (negative: AutoLoRA's allocation retrains "
+              "to a lower error):", "", "| AutoLoRA row | " + " | ".join(COLUMNS[c] for c in CONTROLS) + " |",
+              "|---|" + "---|" * len(CONTROLS)]
+    for name in SEARCHES:
+        cells = [interval(paired_difference(scores[name], scores[control]))
+                 if name in scores and control in scores else "not run yet" for control in CONTROLS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Ranks per module (layers 0-3, query then value) by seed:", ""]
+    for name, by_seed in runs.items():
+        lines.append(f"- {name}: " + "; ".join(f"{s}: `{[r['ranks'].get(m, 0) for m in MODULES]}`"
+                                                for s, r in sorted(by_seed.items())))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=list(ALLOCATIONS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--report", action="store_true", help="print the table from the cached results and exit")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(), end="")
+        return
+    data = planted_data()
+    lr = tuned_lr(data, SEEDS)
+    for name in args.allocations:
+        for seed in args.seeds:
+            record = load_or_run(cache_path(name, f"seed{seed}.json"), lambda: run_allocation(name, seed, data, lr))
+            print(f"{name} seed {seed}: test MSE {record['test_mse']:.5f} ranks "
+                  f"{[record['ranks'].get(m, 0) for m in MODULES]}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
