@@ -114,6 +114,10 @@ ADALORA = "AdaLoRA (PEFT, init_r 8, target_r 3, 1000 steps)"
 SEARCHES = {  # the AutoLoRA rows
     "AutoLoRA sigmoid, 1000 steps, first order; energy readout": searched(SIGMOID_1000, "energy"),
     "AutoLoRA sigmoid, 1000 steps, first order; margin readout": searched(SIGMOID_1000, "margin"),
+    "AutoLoRA sigmoid, weights lr 1e-3, 1000 steps, first order; energy readout": searched(
+        "default, sigmoid, weights lr 1e-3, 1000 steps, first_order", "energy"),
+    "AutoLoRA softmax, 1000 steps, first order; energy readout": searched("default, 1000 steps, first_order",
+                                                                           "energy"),
     "AutoLoRA shipped default (300 steps); margin readout": searched(SHIPPED, "margin"),
     "AutoLoRA shipped default (300 steps); energy readout": searched(SHIPPED, "energy"),
     "AutoLoRA paper preset; margin readout": searched("paper", "margin"),
