@@ -129,7 +129,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 10 * 3
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 11 * 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -287,6 +287,18 @@ def test_autolora_cells_carry_their_search_diagnostics(budget_results, method, p
     assert set(search["alpha_separation"]) == set(search["ranks"]) and "verdict" in search
 
 
+def test_long_row_searches_six_times_the_recipes_steps_and_reads_energies(tiny_suite, monkeypatch):
+    steps, search = [], methods.autolora.search
+    monkeypatch.setattr(methods.autolora, "search", lambda *args, **kwargs: steps.append(kwargs["steps"]) or
+                        search(*args, **kwargs))
+    root = tiny_suite
+    assert run_cells(root, f"task={TASK},method=autolora_first_order,method=autolora_long_energy")["failed"] == []
+    assert steps == [RECIPE.search_steps, 6 * RECIPE.search_steps]
+    long = cache.read_result(root, TASK, "autolora_long_energy", 0)["search"]
+    assert long["search_steps"] == 6 * RECIPE.search_steps
+    assert long["budget_score"] == "energy" and long["options"] == {"method": "first_order"}
+
+
 def test_energy_row_reads_its_ranks_off_the_searched_update_energies(budget_results):
     record = cache.read_result(budget_results, TASK, "autolora_sigmoid_energy", 0)
     search, ranks = record["search"], record["ranks"]
@@ -385,7 +397,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 10 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 11 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1

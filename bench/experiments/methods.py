@@ -18,7 +18,8 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   ``autolora_first_order`` (the first-order hypergradient: h without the mixed term, one pass fewer per meta step
   than finite differences); ``autolora_sigmoid_energy`` reads its ranks by the energy budget readout (the singular
   values of each module's searched update, ``autolora.readout.component_energies``) after a first-order sigmoid
-  search at weights lr 1e-3.
+  search at weights lr 1e-3; ``autolora_long_energy`` is the default as it ships (first order) searched 6 times as long
+  (900 steps) and read by the energy budget readout.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -234,25 +235,25 @@ def fit_batches(model: torch.nn.Module, batches, *, steps: int, lr: float, weigh
 
 # ------------------------------------------------------------------------------------------------------- AutoLoRA
 
-def search_allocation(cell: Cell, preset: str, selection: str = "softmax", score: str = "margin",
+def search_allocation(cell: Cell, preset: str, selection: str = "softmax", score: str = "margin", length: int = 1,
                       **options) -> tuple[dict[str, int], dict]:
     """AutoLoRA's allocation: ``autolora.search`` with ``preset`` ("default" or "paper"), ``selection``
     ("softmax" as in the paper, "sigmoid" or "none") and the other search ``options`` (``weight_lr``, ``eta``,
-    ``method``; the exact method runs on eager attention) for ``search_steps`` steps (k = ``search_max_rank``
-    components per module), then the budget readout of N = reference_rank * M components by ``score`` ("margin" or
-    "energy"; ``SearchResult.budget_ranks``). The one place the suite calls the search."""
+    ``method``; the exact method runs on eager attention) for ``length`` * ``search_steps`` steps (k =
+    ``search_max_rank`` components per module), then the budget readout of N = reference_rank * M components by
+    ``score`` ("margin" or "energy"; ``SearchResult.budget_ranks``). The one place the suite calls the search."""
     base = cell.base_model()
     if options.get("method") == "exact":
         use_eager_attention(base)
     model = autolora.get_autolora_model(base, AutoLoRAConfig(max_rank=cell.recipe.search_max_rank,
                                                              selection=selection))
     with cell.phase("allocation"):
-        result = autolora.search(model, cell.data.train, steps=cell.recipe.search_steps, preset=preset,
+        result = autolora.search(model, cell.data.train, steps=length * cell.recipe.search_steps, preset=preset,
                                  batch_size=cell.recipe.batch_size, seed=cell.seed, tokenizer=cell.tokenizer,
                                  **options)
         ranks = result.budget_ranks(cell.recipe.reference_rank * len(result.alphas), score)
     return ranks, {**search_diagnostics(result, preset), "selection": selection, "options": options,
-                   "budget_score": score}
+                   "budget_score": score, "search_steps": length * cell.recipe.search_steps}
 
 
 def window_means(values: list[float], windows: int = 10) -> list[float]:
@@ -269,14 +270,15 @@ def search_diagnostics(result: autolora.SearchResult, preset: str) -> dict:
             "val_loss_curve": window_means(result.val_losses) if result.val_losses else []}
 
 
-def autolora_method(preset: str, selection: str = "softmax", score: str = "margin",
+def autolora_method(preset: str, selection: str = "softmax", score: str = "margin", length: int = 1,
                     **options) -> Callable[[Cell], Outcome]:
     """An AutoLoRA row: search with ``preset``, ``selection`` and ``options`` (finite differences unless ``options``
-    name a method), then the recipe's retraining of the budget ranks by ``score``."""
+    name a method) for ``length`` times the recipe's search steps, then the recipe's retraining of the budget ranks
+    by ``score``."""
     options = {"method": "finite_difference", **options}
 
     def run(cell: Cell) -> Outcome:
-        ranks, diagnostics = search_allocation(cell, preset, selection, score, **options)
+        ranks, diagnostics = search_allocation(cell, preset, selection, score, length, **options)
         return Outcome(retrain(cell, ranks), ranks, diagnostics)
     return run
 
@@ -426,6 +428,10 @@ METHODS = {method.name: method for method in (
                                                       method="first_order"), False, True, True,
            "sigmoid selection at weights lr 1e-3, first order, ranks by the energy budget readout (the singular "
            "values of the searched updates; the readout that recovers planted ranks)"),
+    Method("autolora_long_energy", autolora_method("default", score="energy", length=6, method="first_order"),
+           False, True, True,
+           "the default as it ships (first order) searched 6 times as long (900 steps), ranks by the energy budget "
+           "readout (the lever that pays off on the planted task, docs/planted_allocation.md)"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
