@@ -198,8 +198,9 @@ def results() -> dict[str, dict[int, dict]]:
     for name in ALLOCATIONS:
         folder = cache_path(name)
         if os.path.isdir(folder):
-            found[name] = {json.load(open(os.path.join(folder, f)))["seed"]: json.load(open(os.path.join(folder, f)))
-                           for f in sorted(os.listdir(folder)) if f.endswith(".json")}
+            records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+                       if f.endswith(".json")]
+            found[name] = {record["seed"]: record for record in records}
     return found
 
 
