@@ -299,6 +299,28 @@ def test_long_row_searches_six_times_the_recipes_steps_and_reads_energies(tiny_s
     assert long["budget_score"] == "energy" and long["options"] == {"method": "first_order"}
 
 
+def test_readouts_section_reads_both_scores_of_the_same_searches():
+    # Budget 6 over 3 modules of 4 components: the best component of each module, then the 3 best others.
+    # These energies read a:3, b:2, c:1 on every seed; the margins read that on seeds 0 and 2, the reverse on 1.
+    forward = {"a": [10.0, 9.0, 8.0, 0.0], "b": [5.0, 4.0, 0.0, 0.0], "c": [3.0, 0.0, 0.0, 0.0]}
+    backward = {"a": forward["c"], "b": forward["b"], "c": forward["a"]}
+
+    def record(seed, margins, energies=None):
+        search = {"margins": margins, "budget_score": "energy", **({"energies": energies} if energies else {})}
+        return {"task": "wnut16_500", "method": "autolora_long_energy", "seed": seed, "search": search,
+                "ranks": {"a": 2, "b": 2, "c": 2}}
+    results = report.Results([record(0, forward, forward), record(1, backward, forward), record(2, forward, forward),
+                              record(3, backward)])  # seed 3 recorded no energies: left out
+    assert report.readout_ranks(results.seeds("wnut16_500", "autolora_long_energy")[1], "margin") == \
+        {"a": 1, "b": 2, "c": 3}
+    assert report.readout_ranks(results.seeds("wnut16_500", "autolora_long_energy")[3], "energy") is None
+    rows = [line for line in report.readouts_section(results) if line.startswith("| autolora_long_energy |")]
+    # margin pairs (0,1), (0,2), (1,2): -1, +1, -1 -> -1/3; energy: +1 for every pair
+    assert rows == ["| autolora_long_energy | wnut16_500 | 3 | -0.333 (3 pairs) | 1.000 (3 pairs) | energy |"]
+    assert report.readouts_section(report.Results([record(0, forward, forward)]))[-2] == \
+        "No search has recorded both scores yet."
+
+
 def test_energy_row_reads_its_ranks_off_the_searched_update_energies(budget_results):
     record = cache.read_result(budget_results, TASK, "autolora_sigmoid_energy", 0)
     search, ranks = record["search"], record["ranks"]

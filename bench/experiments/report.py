@@ -4,7 +4,8 @@
 
 Tables: test score mean +- std per (task, method); per control the paired difference AutoLoRA - control over the
 seeds both have, with its 95% paired-t interval ("within noise" when the interval contains 0); the parameter
-budget of every method; rank stability (mean Spearman between seeds); cost (wall time per method over uniform
+budget of every method; rank stability (mean Spearman between seeds), also of the margin and energy budget
+readouts of the same searches; cost (wall time per method over uniform
 LoRA r=4, with a 16-configuration rank grid extrapolated as 16 uniform runs); AutoLoRA's search diagnostics; and a
 reading per task (the paired intervals, whether rank matters at all there, the search's separation and rank
 stability, first order against finite differences) ending with the tasks, if any, where AutoLoRA is above every
@@ -24,8 +25,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from autolora.plots import layer_and_projection  # noqa: E402
+from autolora.readout import BUDGET_SCORES, budget_ranks  # noqa: E402
 
 from . import cache, methods, run, stats, tasks  # noqa: E402
 
@@ -259,6 +262,43 @@ def stability_section(results: Results, figure_links: dict[str, str]) -> list[st
     return lines
 
 
+def readout_ranks(record: dict, score: str) -> dict[str, int] | None:
+    """The budget readout by ``score`` ("margin" or "energy") of a cell's recorded search, at the cell's own total
+    rank; None when the search did not record that score (cells run before energies were kept)."""
+    scores = (record.get("search") or {}).get({"margin": "margins", "energy": "energies"}[score])
+    if scores is None:
+        return None
+    return budget_ranks({name: torch.tensor(values) for name, values in scores.items()}, sum(record["ranks"].values()))
+
+
+def readouts_section(results: Results) -> list[str]:
+    """Rank stability of both budget readouts of the same searches, for every AutoLoRA row and task with at least
+    two seeds whose search recorded both scores."""
+    rows = []
+    for method in (m.name for m in methods.METHODS.values() if m.name.startswith("autolora")):
+        for task in tasks.TASKS:
+            read = {score: {seed: readout_ranks(r, score) for seed, r in results.seeds(task, method).items()}
+                    for score in BUDGET_SCORES}
+            both = [seed for seed in read["energy"] if read["energy"][seed] and read["margin"][seed]]
+            if len(both) < 2:
+                continue
+            cells = []
+            for score in BUDGET_SCORES:
+                mean, pairs = stats.rank_stability({seed: read[score][seed] for seed in both})
+                cells.append(f"{fmt(mean, 3)} ({pairs} pairs)")
+            used = {r["search"].get("budget_score", "margin") for r in results.seeds(task, method).values()}
+            rows.append([method, task, str(len(both)), *cells, ", ".join(sorted(used))])
+    lines = ["### The two budget readouts on the same searches", "",
+             "Each cell's recorded search read both ways at the cell's own budget (autolora.readout.budget_ranks "
+             "over the recorded margins, and over the recorded update energies), and the rank stability of each "
+             "readout over the seeds whose search recorded both (cells run before energies were kept are left "
+             "out). 'retrained' is the readout whose ranks the cell retrained.", ""]
+    if not rows:
+        return lines + ["No search has recorded both scores yet.", ""]
+    return lines + table(["method", "task", "seeds"] + [f"{score} readout" for score in BUDGET_SCORES]
+                         + ["retrained"], rows) + [""]
+
+
 def cost_section(results: Results) -> list[str]:
     lines = ["## Cost", "",
              "Mean wall time per cell (seconds) of each phase; the total as a multiple of uniform LoRA r=4's on the "
@@ -456,7 +496,7 @@ def write_report(results_root: str, output: str, figures: str) -> str:
         scores_figure(results, os.path.join(figures, "results_scores.png"))
         lines += [f"![test scores per method]({link}/results_scores.png)", ""]
     lines += differences_section(results) + settings_section(results) + budget_section(results) \
-        + stability_section(results, rank_links)
+        + stability_section(results, rank_links) + readouts_section(results)
     lines += cost_section(results) + diagnostics_section(results) + reading_section(results)
     text = "\n".join(lines)
     with open(output, "w", encoding="utf-8") as f:
