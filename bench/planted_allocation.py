@@ -261,6 +261,12 @@ def report() -> str:
         cells = [interval(paired_difference(scores[name], scores[control]))
                  if name in scores and control in scores else "not run yet" for control in CONTROLS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "The two budget readouts of the same searches, energy minus margin:", "",
+              "| search | energy - margin |", "|---|---|"]
+    for search in ("AutoLoRA sigmoid, 1000 steps, first order", "AutoLoRA shipped default (300 steps)"):
+        energy, margin = (scores.get(f"{search}; {score} readout") for score in ("energy", "margin"))
+        lines.append(f"| {search} | "
+                     f"{interval(paired_difference(energy, margin)) if energy and margin else 'not run yet'} |")
     lines += ["", "Ranks per module (layers 0-3, query then value) by seed:", ""]
     for name, by_seed in runs.items():
         lines.append(f"- {name}: " + "; ".join(f"{s}: `{[r['ranks'].get(m, 0) for m in MODULES]}`"
