@@ -27,7 +27,7 @@ from .export import SELECTION_FILE, export_peft_adapter, head_state, selection_s
 from .model import (adapter_branches, alphas, energies, get_autolora_model, merge_and_unload, ranks, stored_config,
                     unload_adapters)
 from .peft_config import autolora_config_from, lora_config_for
-from .readout import budget_ranks, check_score
+from .readout import DEFAULT_BUDGET_SCORE, budget_ranks, check_score
 from .selection import selection_threshold
 
 CONFIG_FILE = "autolora_config.json"
@@ -82,7 +82,7 @@ class AutoLoRAModel(torch.nn.Module):
         """{branch name: copy of alpha} (:func:`autolora.model.alphas`)."""
         return alphas(self._adapted())
 
-    def budget_ranks(self, budget: int, search_result=None, score: str = "margin") -> dict[str, int]:
+    def budget_ranks(self, budget: int, search_result=None, score: str = DEFAULT_BUDGET_SCORE) -> dict[str, int]:
         """Ranks from the ``budget`` best-scored components over all branches, at least one per branch
         (:func:`autolora.readout.budget_ranks`).
 

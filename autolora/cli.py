@@ -23,7 +23,7 @@ from .model import get_autolora_model
 from .plots import plot_alpha_history, plot_rank_heatmap, plot_search_diagnostics
 from .retrain import build_retrain_model, train
 from .rank_search import LOOKAHEADS, METHODS, PRESETS, SELECTION_OPTIMIZERS, SearchResult, resolve_settings, search
-from .readout import BUDGET_SCORES, uniform_ranks
+from .readout import BUDGET_SCORES, DEFAULT_BUDGET_SCORE, uniform_ranks
 from .tasks import TASK_TYPES
 
 logger = logging.getLogger("autolora")
@@ -119,12 +119,12 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--eta", type=float, help="step size of the sgd lookahead (default: the weights' lr); "
                                                  "--eta 0 is the paper's 'AutoLoRA eta = 0' ablation")
     group.add_argument("--budget", type=positive_int,
-                       help="read ranks off the N components with the largest margins over all modules (at least "
-                            "1 per module) instead of the paper's per-layer threshold")
+                       help="read ranks off the N best-scored components over all modules (at least 1 per module; "
+                            "scored by --budget-score) instead of the paper's per-layer threshold")
     group.add_argument("--budget-score", choices=BUDGET_SCORES,
-                       help="what --budget ranks components by: margin (default; alpha's distance from its threshold "
-                            "against the search's noise) or energy (singular values of each module's searched "
-                            "update B diag(s alpha) A; see docs/search.md)")
+                       help="what --budget ranks components by: energy (default; singular values of each module's "
+                            "searched update B diag(s alpha) A) or margin (alpha's distance from its threshold "
+                            "against the search's noise); see docs/search.md")
 
 
 def add_retrain_arguments(parser: argparse.ArgumentParser, *, with_ranks_file: bool) -> None:
@@ -193,7 +193,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if getattr(args, "budget_score", None) is not None and args.budget is None:
         parser.error("--budget-score chooses what --budget N ranks components by; give --budget N")
     if hasattr(args, "budget_score"):
-        args.budget_score = args.budget_score or "margin"
+        args.budget_score = args.budget_score or DEFAULT_BUDGET_SCORE
 
 
 def setup_logging(output_dir: str) -> None:

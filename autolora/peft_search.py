@@ -16,11 +16,11 @@ from .loading import use_eager_attention
 from .model import adapter_branches, get_autolora_model
 from .peft_config import autolora_config_from, lora_config_for
 from .rank_search import search
-from .readout import check_budget, check_score
+from .readout import DEFAULT_BUDGET_SCORE, check_budget, check_score
 
 
 def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, steps: int = 300,
-                       budget: int | None = None, budget_score: str = "margin", seed: int = 0,
+                       budget: int | None = None, budget_score: str = DEFAULT_BUDGET_SCORE, seed: int = 0,
                        return_result: bool = False, **search_options):
     """Search per-module LoRA ranks for ``model`` on ``train_dataset`` and return the ``peft.LoraConfig`` whose
     ``get_peft_model(model, config)`` build has them.
@@ -34,8 +34,9 @@ def search_lora_config(model: torch.nn.Module, train_dataset, lora_config, *, st
     backward can be differentiated again.
 
     The ranks are the paper's per-layer threshold (``result.ranks``), or with ``budget`` the ``budget`` components
-    with the largest margins over all branches, at least one per branch (``result.budget_ranks(budget)``; with
-    ``budget_score="energy"`` the largest singular values of the searched updates, see :mod:`autolora.readout`). The
+    with the largest singular values of the searched updates over all branches, at least one per branch
+    (``result.budget_ranks(budget, budget_score)``; ``budget_score="margin"`` ranks by margin instead, see
+    :mod:`autolora.readout`). The
     returned config has them as ``rank_pattern`` (full module names; GPT-2's ``c_attn`` gets r_q + r_v),
     ``target_modules`` the adapted module names, the heads trained during the search as ``modules_to_save``, and
     ``lora_alpha``, ``lora_dropout``, ``task_type`` and ``init_lora_weights`` from ``lora_config``; PEFT scales each

@@ -42,7 +42,8 @@ from .checkpoint import load_trainable_state, trainable_state
 from .data import model_inputs, split_in_two
 from .model import (adapter_branches, alphas as read_alphas, energies as read_energies, ranks as read_ranks,
                     stored_config)
-from .readout import alpha_separation, budget_ranks, check_score, component_margins, separation_verdict
+from .readout import (DEFAULT_BUDGET_SCORE, alpha_separation, budget_ranks, check_score, component_margins,
+                      separation_verdict)
 from .training import batch_stream, model_loss, run_resumable, to_device, weight_parameters
 
 METHODS = hypergrad.UNROLLED_METHODS
@@ -100,10 +101,10 @@ class SearchResult:
         """Per module the margin of every component (:func:`autolora.readout.component_margins`)."""
         return {name: component_margins(h, self.selection, tail=tail) for name, h in self.history["alphas"].items()}
 
-    def budget_ranks(self, budget: int, score: str = "margin") -> dict[str, int]:
+    def budget_ranks(self, budget: int, score: str = DEFAULT_BUDGET_SCORE) -> dict[str, int]:
         """Ranks of the ``budget`` best-scored components over all modules, at least one per module; ``score`` is
-        "margin" (each component's margin) or "energy" (the singular values of each module's searched update; see
-        :mod:`autolora.readout`)."""
+        "energy" (the default: the singular values of each module's searched update) or "margin" (each component's
+        margin); see :mod:`autolora.readout`."""
         check_score(score)
         if score == "energy" and not self.energies:
             raise ValueError("this result has no update energies (it was not made by RankSearcher.result)")

@@ -16,11 +16,14 @@ increments are correlated over about 1 / (1 - beta_1) = 10 steps (single increme
 random walk's travel by a factor sqrt((1 + beta_1) / (1 - beta_1)) ~ 4.4). Margins are clipped to
 +-``MARGIN_CLIP`` (a component that stopped moving entirely has zero increments).
 
-Budget readout. Per-layer softmax alphas sum to 1 in every layer, so alpha_j = 0.2 means different things in a
-layer of 4 and a layer of 8 components, and a layer without any signal still splits its mass around 1/k. The margin
-is comparable across layers (a z-score against each component's own fluctuation), so the budget readout keeps the N
-components with the largest margins over all modules, at least one per module: first the best component of every
-module, then the remaining N - M by margin (ties broken by module order, then component index).
+Budget readout. It keeps the N best-scored components over all modules, at least one per module: first the best
+component of every module, then the remaining N - M by score (ties broken by module order, then component index).
+Per-layer softmax alphas sum to 1 in every layer, so alpha_j = 0.2 means different things in a layer of 4 and a layer
+of 8 components, and a layer without any signal still splits its mass around 1/k: alpha itself is no score. Two
+scores are comparable across layers: the margin (a z-score against each component's own fluctuation) and the update
+energy below, the default (:data:`DEFAULT_BUDGET_SCORE`): on the same searches it reads ranks that agree across seeds
+where the margins' do not, and after long searches it recovers planted ranks that the margins miss
+(docs/search.md).
 
 Update energies. The alphas share their scale with the factors (alpha_j B[:, j] A[j, :] is unchanged when alpha_j
 halves and B[:, j] doubles), so alpha alone does not say how much of a module's update a component carries. The
@@ -46,6 +49,7 @@ MARGIN_CLIP = 1e6
 BLOCK = 20  # records per increment block: covers the correlation time of AdamW's momentum (beta_1 = 0.9)
 DECIDED_MARGIN = 3.0  # |margin| at which a keep/drop decision is taken as separated from noise
 BUDGET_SCORES = ("margin", "energy")  # what the budget readout ranks components by
+DEFAULT_BUDGET_SCORE = "energy"
 
 
 def component_margins(history: torch.Tensor, selection: str, *, tail: float = 0.5) -> torch.Tensor:

@@ -175,9 +175,9 @@ def test_budget_ranks_from_the_final_alphas():
     # Scores alpha_j - 1/4 per branch: [0.62, -0.21 x3], [0.115 x2, -0.116 x2], [0.047 x3, -0.14], [0 x4].
     # One component per branch first (the first best of each), then the rest by score.
     names = BRANCHES["bert"]
-    assert model.budget_ranks(4) == dict.fromkeys(names, 1)
-    assert model.budget_ranks(6) == dict(zip(names, [1, 2, 2, 1]))
-    assert model.budget_ranks(8) == dict(zip(names, [1, 2, 3, 2]))
+    assert model.budget_ranks(4, score="margin") == dict.fromkeys(names, 1)
+    assert model.budget_ranks(6, score="margin") == dict(zip(names, [1, 2, 2, 1]))
+    assert model.budget_ranks(8, score="margin") == dict(zip(names, [1, 2, 3, 2]))
     with pytest.raises(ValueError, match="budget must be between 4"):
         model.budget_ranks(17)
 
@@ -187,11 +187,11 @@ def test_budget_ranks_from_a_search_result():
     generator = torch.Generator().manual_seed(0)
     history = {name: torch.softmax(torch.randn(30, 4, generator=generator), dim=-1) for name in BRANCHES["bert"]}
     result = SearchResult(ranks={}, alphas={}, history={"steps": list(range(30)), "alphas": history})
-    assert model.budget_ranks(7, result) == result.budget_ranks(7)
+    assert model.budget_ranks(7, result, score="margin") == result.budget_ranks(7, "margin")
     wrong = SearchResult(ranks={}, alphas={}, history={"steps": list(range(30)), "alphas": {"other": history[
         BRANCHES["bert"][0]]}})
     with pytest.raises(ValueError, match="search run on this model"):
-        model.budget_ranks(7, wrong)
+        model.budget_ranks(7, wrong, score="margin")
     fixed = AutoLoRAModel(tiny_bert(), AutoLoRAConfig(selection="fixed"))
     with pytest.raises(ValueError, match="fixed"):
         fixed.budget_ranks(4)
@@ -215,6 +215,7 @@ def test_budget_ranks_by_update_energy():
     assert model.budget_ranks(6, score="energy") == dict(zip(names, [2, 1, 2, 1]))
     assert model.budget_ranks(8, score="energy") == dict(zip(names, [2, 1, 4, 1]))
     assert model.budget_ranks(9, score="energy") == dict(zip(names, [2, 1, 4, 2]))
+    assert model.budget_ranks(8) == dict(zip(names, [2, 1, 4, 1]))  # the energy is the default score
     with pytest.raises(ValueError, match="score must be one of"):
         model.budget_ranks(4, score="alpha")
 

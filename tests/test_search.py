@@ -242,7 +242,8 @@ def test_a_search_too_short_for_margins_has_no_verdict():
     summary = result.summary()
     assert summary["verdict"].startswith("no verdict: 2 alpha records") and summary["margins"] == {}
     with pytest.raises(ValueError, match="at least 3 records"):
-        result.budget_ranks(len(result.ranks))
+        result.budget_ranks(len(result.ranks), "margin")
+    assert result.budget_ranks(len(result.ranks)) == dict.fromkeys(result.ranks, 1)  # energies need no history
 
 
 @pytest.mark.parametrize("weight_lr, trained", [(0.0, False), (5e-2, True)])
