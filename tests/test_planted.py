@@ -123,22 +123,33 @@ def test_search_reads_back_planted_ranks_when_the_components_span_them():
     assert result.val_losses[-1] < 0.05 * result.val_losses[0]
 
 
-def test_sigmoid_search_read_by_update_energies_recovers_the_planted_order():
-    """The whole search on a known answer: factors and selection learned together from random initialisation
-    (sigmoid selection, the default preset's learning rates and warm-up, 500 steps, first order), ranks read by the
-    energy budget readout at the planted total (rank 0 counted as 1). Over three seeds the read ranks must be
-    ordered like the planted ones: mean Spearman >= 0.8 (docs/planted_ranks.md has the larger task)."""
+def planted_order_recovery(selection: str, steps: int, seeds=(0, 1, 2)) -> list[float]:
+    """Per seed, Spearman between the planted ranks and those a whole search reads: factors and selection learned
+    together from random initialisation (the default preset, first order), ranks read by the default budget readout
+    (update energies) at the planted total, rank 0 counted as 1."""
     from scipy.stats import spearmanr
     from autolora.rank_search import search
-    base = regression_bert().float()
-    data = planted_rank_dataset(base, PLANTED, num_examples=256, seq_len=6, sigma=1.0, seed=0)
+    data = planted_rank_dataset(regression_bert().float(), PLANTED, num_examples=256, seq_len=6, sigma=1.0, seed=0)
     budget = sum(max(r, 1) for r in PLANTED.values())
     correlations = []
-    for seed in range(3):
+    for seed in seeds:
         torch.manual_seed(seed)
         student = get_autolora_model(regression_bert().float(),
-                                     AutoLoRAConfig(max_rank=8, selection="sigmoid", modules_to_save=[]))
-        result = search(student, data, steps=500, seed=seed, method="first_order")
-        ranks = result.budget_ranks(budget, "energy")
+                                     AutoLoRAConfig(max_rank=8, selection=selection, modules_to_save=[]))
+        ranks = search(student, data, steps=steps, seed=seed).budget_ranks(budget)
         correlations.append(spearmanr([PLANTED[n] for n in ranks], list(ranks.values()))[0])
+    return correlations
+
+
+def test_default_search_read_by_the_default_budget_score_recovers_the_planted_order():
+    """The default search (softmax selection) and readout, only longer than the default 300 steps: over three seeds
+    the read ranks must be ordered like the planted ones, mean Spearman >= 0.8 (at 300 steps these seeds give 0.15:
+    the search needs the length; docs/planted_ranks.md has the larger task)."""
+    correlations = planted_order_recovery("softmax", steps=500)
+    assert sum(correlations) / 3 >= 0.8, correlations
+
+
+def test_sigmoid_search_read_by_update_energies_recovers_the_planted_order():
+    """The same with sigmoid selection (the paper's ablation, which recovers more on the larger task)."""
+    correlations = planted_order_recovery("sigmoid", steps=500)
     assert sum(correlations) / 3 >= 0.8, correlations
