@@ -207,18 +207,24 @@ def tuned_lr(task: PlantedTask, data: dict, seeds) -> float:
     """The learning rate of LR_GRID with the lowest mean validation MSE of the reference (uniform r = 3)."""
     scores = {}
     for lr in LR_GRID:
-        contexts = [Context(task, seed, data, lr) for seed in seeds]
-        runs = [load_or_run(cache_path(task, "lr_tuning", f"lr{lr:g}", f"seed{c.seed}.json"),
-                            lambda: retrain(ALLOCATIONS[REFERENCE](c), c)) for c in contexts]
+        runs = [tuning_run(Context(task, seed, data, lr)) for seed in seeds]
         scores[lr] = statistics.fmean(run["validation_mse"] for run in runs)
         print(f"tuning: lr {lr:g} validation MSE {scores[lr]:.6f}", flush=True)
     return min(scores, key=scores.get)
 
 
+def tuning_run(context: Context) -> dict:
+    """The reference's retraining at the context's learning rate (cached with the learning-rate tuning)."""
+    return load_or_run(cache_path(context.task, "lr_tuning", f"lr{context.lr:g}", f"seed{context.seed}.json"),
+                       lambda: retrain(ALLOCATIONS[REFERENCE](context), context))
+
+
 def run_allocation(name: str, context: Context) -> dict:
+    """The record of allocation ``name`` retrained in ``context`` (the reference's is its tuning run at that lr)."""
     ranks = {module: rank for module, rank in ALLOCATIONS[name](context).items() if rank > 0}
+    outcome = tuning_run(context) if name == REFERENCE else retrain(ranks, context)
     return {"allocation": name, "seed": context.seed, "ranks": ranks, "lr": context.lr,
-            "retrain_steps": RETRAIN_STEPS, "batch_size": BATCH_SIZE, **retrain(ranks, context),
+            "retrain_steps": RETRAIN_STEPS, "batch_size": BATCH_SIZE, **outcome,
             "hardware": f"{cpu_model()}, {os.cpu_count()} cores", "torch": torch.__version__}
 
 
