@@ -27,6 +27,7 @@ in the retraining. Each (allocation, seed) result is cached as JSON under bench/
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -240,14 +241,15 @@ def results(task: PlantedTask) -> dict[str, dict[int, dict]]:
     return found
 
 
-def interval(difference) -> str:
+def interval(difference, decimals: int) -> str:
     """'mean [low, high]' of a paired difference, and whether the interval lies below 0, above 0 or contains it."""
     if difference is None:
         return "not run yet"
     if difference.low is None:
-        return f"{difference.mean:+.5f} (one seed)"
+        return f"{difference.mean:+.{decimals}f} (one seed)"
     verdict = "within noise" if difference.within_noise else ("lower" if difference.high < 0 else "higher")
-    return f"{difference.mean:+.5f} [{difference.low:+.5f}, {difference.high:+.5f}] {verdict}"
+    return (f"{difference.mean:+.{decimals}f} [{difference.low:+.{decimals}f}, {difference.high:+.{decimals}f}] "
+            f"{verdict}")
 
 
 def report(task: PlantedTask) -> str:
@@ -273,41 +275,43 @@ def report(task: PlantedTask) -> str:
              f"the cached searches of {searches}, seed s's search for seed s's retraining. Paired "
              "differences are per seed, with a 95% paired-t interval: 'lower' (better) or 'higher' when it "
              "excludes 0, 'within noise' when it contains 0.", ""]
+    scores = {name: {s: r["test_mse"] for s, r in by_seed.items()} for name, by_seed in runs.items()}
+    # three significant digits of the reference's test MSE
+    decimals = 2 - math.floor(math.log10(statistics.fmean(scores[REFERENCE].values()))) if REFERENCE in scores else 5
     if tuning:
         chosen = min(tuning, key=lambda lr: statistics.fmean(tuning[lr]))
         lines += ["Learning rate, tuned for the control (uniform r = 3) on 512 validation examples, mean over seeds: "
-                  + ", ".join(f"{lr:g}: {statistics.fmean(v):.5f}" for lr, v in tuning.items())
+                  + ", ".join(f"{lr:g}: {statistics.fmean(v):.{decimals}f}" for lr, v in tuning.items())
                   + f"; chosen {chosen:g}, used for every allocation.", ""]
     if runs:
         first = next(iter(next(iter(runs.values())).values()))
         lines += [f"Machine: {first['hardware']}; torch {first['torch']}.", ""]
-    scores = {name: {s: r["test_mse"] for s, r in by_seed.items()} for name, by_seed in runs.items()}
     lines += ["| allocation | components | test MSE | Spearman with planted ranks | seeds |", "|---|---|---|---|---|"]
     for name in ALLOCATIONS:
         if name not in runs:
             lines.append(f"| {name} | not run yet | | | |")
             continue
         values = list(scores[name].values())
-        sd = f" ± {statistics.stdev(values):.5f}" if len(values) > 1 else ""
+        sd = f" ± {statistics.stdev(values):.{decimals}f}" if len(values) > 1 else ""
         totals = sorted({sum(r["ranks"].values()) for r in runs[name].values()})
         rhos = [spearman(task.planted, [r["ranks"].get(m, 0) for m in task.modules]) for r in runs[name].values()]
         rhos = [rho for rho in rhos if rho is not None]
         rho = f"{statistics.fmean(rhos):.2f}" if rhos else "n/a (constant ranks)"
-        lines.append(f"| {name} | {'-'.join(map(str, totals))} | {statistics.fmean(values):.5f}{sd} | {rho} | "
+        lines.append(f"| {name} | {'-'.join(map(str, totals))} | {statistics.fmean(values):.{decimals}f}{sd} | {rho} | "
                      f"{len(values)} |")
     lines += ["", "Paired test-MSE differences, AutoLoRA row minus control (negative: AutoLoRA's allocation retrains "
               "to a lower error):", "", "| AutoLoRA row | " + " | ".join(COLUMNS[c] for c in CONTROLS) + " |",
               "|---|" + "---|" * len(CONTROLS)]
     for name in SEARCHES:
-        cells = [interval(paired_difference(scores[name], scores[control]))
+        cells = [interval(paired_difference(scores[name], scores[control]), decimals)
                  if name in scores and control in scores else "not run yet" for control in CONTROLS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "The two budget readouts of the same searches, energy minus margin:", "",
               "| search | energy - margin |", "|---|---|"]
     for search in ("AutoLoRA sigmoid, 1000 steps, first order", "AutoLoRA shipped default (300 steps)"):
         energy, margin = (scores.get(f"{search}; {score} readout") for score in ("energy", "margin"))
-        lines.append(f"| {search} | "
-                     f"{interval(paired_difference(energy, margin)) if energy and margin else 'not run yet'} |")
+        cell = interval(paired_difference(energy, margin), decimals) if energy and margin else "not run yet"
+        lines.append(f"| {search} | {cell} |")
     lines += ["", f"Ranks per module (layers 0-{len(task.modules) // 2 - 1}, query then value) by seed:", ""]
     for name, by_seed in runs.items():
         lines.append(f"- {name}: " + "; ".join(f"{s}: `{[r['ranks'].get(m, 0) for m in task.modules]}`"
