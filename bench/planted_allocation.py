@@ -25,7 +25,6 @@ in the retraining. Each (allocation, seed) result is cached as JSON under bench/
     PYTHONPATH=. python bench/planted_allocation.py --report > docs/planted_allocation.md
     PYTHONPATH=. python bench/planted_allocation.py --task minilm --report > docs/planted_allocation_minilm.md
 """
-import argparse
 import json
 import math
 import os
@@ -44,7 +43,7 @@ from autolora.training import batch_stream
 from experiments.methods import adalora_counts, eva_counts, fit_batches, peft_adalora, peft_eva, peft_ranks
 from experiments.stats import paired_difference, spearman
 from hardware import cpu_model
-from planted_ranks import RESULTS, TASKS, PlantedTask
+from planted_ranks import RESULTS, TASKS, PlantedTask, load_or_run, task_parser
 
 UNIFORM_RANK = 3
 SPLITS = {"train": range(0, 512), "validation": range(512, 1024), "test": range(1024, 1536)}
@@ -192,20 +191,12 @@ def report_file(task: PlantedTask) -> str:
     return "docs/planted_allocation.md" if task.name == "tiny" else f"docs/planted_allocation_{task.name}.md"
 
 
-def load_or_run(path: str, compute) -> dict:
-    """The cached JSON at ``path``, or ``compute()`` written there atomically."""
-    if os.path.exists(path):
-        return json.load(open(path))
-    record = compute()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".part", "w") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(path + ".part", path)
-    return record
-
-
 def tuned_lr(task: PlantedTask, data: dict, seeds) -> float:
-    """The learning rate of LR_GRID with the lowest mean validation MSE of the reference (uniform r = 3)."""
+    """The learning rate of LR_GRID with the lowest mean validation MSE of the reference (uniform r = 3), over
+    ``seeds`` and every seed already tuned (so that a run on fewer seeds keeps the learning rate of the cache)."""
+    folder = cache_path(task, "lr_tuning", f"lr{LR_GRID[0]:g}")
+    tuned = {int(f[4:-5]) for f in os.listdir(folder) if f.endswith(".json")} if os.path.isdir(folder) else set()
+    seeds = sorted(set(seeds) | tuned)
     scores = {}
     for lr in LR_GRID:
         runs = [tuning_run(Context(task, seed, data, lr)) for seed in seeds]
@@ -320,11 +311,8 @@ def report(task: PlantedTask) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=list(TASKS), default="tiny")
+    parser = task_parser(__doc__.splitlines()[0], seeds=SEEDS)
     parser.add_argument("--allocations", nargs="+", default=list(ALLOCATIONS), choices=list(ALLOCATIONS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--report", action="store_true", help="print the table from the cached results and exit")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     if args.report:

@@ -187,6 +187,18 @@ def readouts(task: PlantedTask, record: dict) -> dict:
             "spearman_energy": task.spearman(budget_ranks(energies, task.budget)) if energies else None}
 
 
+def load_or_run(path: str, compute) -> dict:
+    """The cached JSON at ``path``, or ``compute()`` written there atomically."""
+    if os.path.exists(path):
+        return json.load(open(path))
+    record = compute()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(path + ".part", path)
+    return record
+
+
 def report_file(task: PlantedTask) -> str:
     return "docs/planted_ranks.md" if task.name == "tiny" else f"docs/planted_ranks_{task.name}.md"
 
@@ -242,14 +254,21 @@ def report(task: PlantedTask) -> str:
     return "\n".join(header + rows) + "\n"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def task_parser(description: str, seeds) -> argparse.ArgumentParser:
+    """The planted benches' common options: --task, --seeds, --report."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--task", choices=list(TASKS), default="tiny")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds))
+    parser.add_argument("--report", action="store_true", help="print the task's table from the cached results and "
+                                                               "exit")
+    return parser
+
+
+def main(argv=None):
+    parser = task_parser(__doc__.splitlines()[0], seeds=range(5))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=300, help="search steps of the configurations that do not "
                                                                   "set their own")
-    parser.add_argument("--report", action="store_true", help="print the table from the cached results and exit")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     if args.report:
@@ -261,11 +280,7 @@ def main(argv=None):
             if os.path.exists(path):
                 print(f"{config} seed {seed}: cached", flush=True)
                 continue
-            record = run(task, config, seed, args.steps)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".part", "w") as f:
-                json.dump(record, f, indent=1)
-            os.replace(path + ".part", path)
+            record = load_or_run(path, lambda: run(task, config, seed, args.steps))
             scores = readouts(task, record)
             print(f"{config} seed {seed}: threshold {record['spearman_threshold']} budget {scores['spearman_budget']} "
                   f"energy {scores['spearman_energy']} separated {scores['separated_share']:.2f} "
