@@ -51,6 +51,9 @@ LOOKAHEADS = ("sgd", "adam")
 SELECTION_OPTIMIZERS = ("adamw", "sgd")
 # A search whose training loss over its last 20 steps is above this fraction of its first 20 steps' "barely trained".
 BARELY_TRAINED = 0.9
+# A search that gave back more than this share of what its training loss had gained "lost its fit".
+LOST_FIT = 0.25
+LOSS_WINDOW = 20
 
 
 @dataclass(frozen=True)
@@ -115,19 +118,15 @@ class SearchResult:
         the update energies, the verdict (none with fewer than 3 alpha records), the losses at the start and end of
         the search, and the mixed term's share ||mixed|| / (||direct|| + ||mixed||).
 
-        The verdict also says when the searched model barely trained: a training loss over the last 20 steps above
-        :data:`BARELY_TRAINED` times the first 20 steps' (e.g. the paper's weights lr 1e-4 on MiniLM, or sigmoid
-        selection at weights lr 1e-2, whose loss climbs back to chance): its alphas then rank components of a
-        model that has not learned the task."""
+        The verdict also says when the searched model did not learn the task or did not keep it
+        (:func:`training_verdict`): its alphas then rank components of a model that has not learned the task."""
         records = len(self.history["steps"])
         margins = self.margins() if records >= 3 else {}
         verdict = separation_verdict(margins) if margins else {
             "weakest_margin": {}, "separated_share": None,
             "verdict": f"no verdict: {records} alpha records, margins need at least 3 (search longer)"}
-        first, last = _mean_of(self.train_losses[:20]), _mean_of(self.train_losses[-20:])
-        if len(self.train_losses) >= 40 and last > BARELY_TRAINED * first:
-            verdict["verdict"] += (f"; the searched model barely trained (training loss {first:.3g} -> {last:.3g} over "
-                                   "the first and last 20 steps): try another weights lr")
+        first, last = _mean_of(self.train_losses[:LOSS_WINDOW]), _mean_of(self.train_losses[-LOSS_WINDOW:])
+        verdict["verdict"] += training_verdict(self.train_losses)
         diag = self.diagnostics
         direct, mixed = diag.get("direct_norm", []), diag.get("mixed_norm", [])
         shares = [m / (d + m) for d, m in zip(direct, mixed) if d + m > 0]
@@ -137,6 +136,28 @@ class SearchResult:
                 "energies": {n: e.tolist() for n, e in self.energies.items()},
                 "train_loss_first": first, "train_loss_last": last, "val_loss_last": _mean_of(self.val_losses[-20:]),
                 "mixed_share_mean": _mean_of(shares), "meta_steps": len(diag.get("step", []))}
+
+
+def training_verdict(losses: list[float]) -> str:
+    """The verdict's clause on the searched model ("" when it learned and kept its fit, or with fewer than 40 steps).
+
+    With first, lowest and last the mean training losses of the first 20 steps, of the lowest of the consecutive
+    20-step blocks and of the last 20 steps: "lost its fit" when the loss fell (lowest < BARELY_TRAINED * first) and
+    the search gave back more than LOST_FIT of that gain (last - lowest > LOST_FIT * (first - lowest); e.g. the
+    default weights lr 1e-2 searched 600 steps on 250 examples, docs/search_collapse.md); else "barely trained" when
+    last > BARELY_TRAINED * first (e.g. the paper's weights lr 1e-4 on MiniLM)."""
+    if len(losses) < 2 * LOSS_WINDOW:
+        return ""
+    first, last = _mean_of(losses[:LOSS_WINDOW]), _mean_of(losses[-LOSS_WINDOW:])
+    lowest = min(_mean_of(losses[i:i + LOSS_WINDOW]) for i in range(0, len(losses) - LOSS_WINDOW + 1, LOSS_WINDOW))
+    if lowest < BARELY_TRAINED * first and last - lowest > LOST_FIT * (first - lowest):
+        return (f"; the searched model learned and lost its fit (training loss {first:.3g} -> {lowest:.3g} -> "
+                f"{last:.3g} over the first, lowest and last {LOSS_WINDOW} steps): the later alphas rank components "
+                "of a model that no longer fits; search shorter or at a lower weights lr")
+    if last > BARELY_TRAINED * first:
+        return (f"; the searched model barely trained (training loss {first:.3g} -> {last:.3g} over the first and "
+                f"last {LOSS_WINDOW} steps): try another weights lr")
+    return ""
 
 
 def _mean_of(values) -> float | None:

@@ -255,7 +255,24 @@ def test_verdict_says_when_the_searched_model_barely_trained(weight_lr, trained)
     losses = result.train_losses
     ratio = (sum(losses[-20:]) / 20) / (sum(losses[:20]) / 20)
     assert (ratio < 0.9) == trained, ratio
-    assert ("barely trained" in result.summary()["verdict"]) == (not trained)
+    verdict = result.summary()["verdict"]
+    assert ("barely trained" in verdict) == (not trained) and "lost its fit" not in verdict
+
+
+@pytest.mark.parametrize("curve, clause", [
+    ([0.7] * 20 + [0.05] * 60 + [0.5] * 20, "learned and lost its fit"),  # gave back (0.5 - 0.05) / 0.65 of the gain
+    ([0.7] * 20 + [0.05] * 60 + [0.7] * 20, "learned and lost its fit"),  # back at the start: lost, not "barely"
+    ([0.7] * 20 + [0.05] * 60 + [0.2] * 20, ""),  # gave back 0.15 / 0.65 = 23% < 25%: kept
+    ([0.7] * 20 + [0.0] * 40 + [0.01, 0.001] * 10 + [0.04] * 20, ""),  # noise at a low loss is not a lost fit
+    ([0.7, 0.69] * 50, "barely trained"),
+    ([0.7] * 20 + [0.05] * 20 + [0.9] * 19, "learned and lost its fit"),  # last 20 = one 0.05 and nineteen 0.9
+    ([0.7] * 20 + [0.9] * 19, ""),  # 39 steps: too short to judge
+])
+def test_verdict_says_when_the_searched_model_lost_its_fit(curve, clause):
+    """Hand-built training-loss curves with known answers: first, lowest 20-step block, last 20 steps."""
+    from autolora.rank_search import training_verdict
+    verdict = training_verdict(curve)
+    assert (clause in verdict if clause else verdict == ""), verdict
 
 
 def test_presets_and_overrides():
