@@ -69,6 +69,9 @@ CONFIGS = {
     "default, sigmoid, sgd logits lr 1e4": dict(preset="default", selection="sigmoid", selection_optimizer="sgd",
                                                 selection_lr=1e4),
     "default, 1000 steps, first_order": dict(preset="default", method="first_order", steps=1000),
+    # the same with a meta step on every 2nd step (500 outer steps): 3/4 of its forward-backward passes
+    "default, 1000 steps, first_order, meta every 2": dict(preset="default", method="first_order", steps=1000,
+                                                           meta_every=2),
     "default, sigmoid, 1000 steps, first_order": dict(preset="default", selection="sigmoid", method="first_order",
                                                       steps=1000),
     # the setting of the suite's autolora_sigmoid_energy row (weights lr 1e-3, at which sigmoid trains on real data)
