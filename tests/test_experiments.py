@@ -129,7 +129,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 11 * 3
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 12 * 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -333,7 +333,7 @@ def test_energy_row_reads_its_ranks_off_the_searched_update_energies(budget_resu
 
 
 def test_context_rows_report_their_own_budget(tiny_suite):
-    run_cells(tiny_suite, f"task={TASK},method=uniform_r8,method=full_ft")
+    run_cells(tiny_suite, f"task={TASK},method=uniform_r8,method=full_ft,method=head_only")
     shapes = target_shapes_from_weights(tiny_bert(num_labels=2))
     uniform8 = cache.read_result(tiny_suite, TASK, "uniform_r8", 0)
     assert uniform8["lora_parameters"] == sum(8 * (a + b) for a, b in shapes.values())
@@ -341,6 +341,9 @@ def test_context_rows_report_their_own_budget(tiny_suite):
     full = cache.read_result(tiny_suite, TASK, "full_ft", 0)
     assert full["lora_parameters"] == 0 and full["ranks"] is None
     assert full["trainable_parameters"] == sum(p.numel() for p in tiny_bert(num_labels=2).parameters())
+    head = cache.read_result(tiny_suite, TASK, "head_only", 0)
+    assert head["lora_parameters"] == 0 and head["ranks"] is None
+    assert head["trainable_parameters"] == sum(p.numel() for p in tiny_bert(num_labels=2).classifier.parameters())
 
 
 def test_token_classification_cell_reports_entity_f1(tiny_suite):
@@ -419,7 +422,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 11 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 12 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1
@@ -435,7 +438,8 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     for method, values in scores.items():
         for seed, value in enumerate(values):
             cache.write_result(root, scored(cache.read_result(budget_results, TASK, method, 0), seed, value))
-    for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79])):
+    for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79]),
+                           ("head_only", [0.70, 0.72, 0.71])):
         for seed, value in enumerate(values):
             cache.write_result(root, scored({**uniform, "method": method}, seed, value))
     searched = cache.read_result(budget_results, TASK, "autolora", 0)
@@ -448,6 +452,8 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     assert f"excludes 0 on {TASK}." in reading
     # r=8 − r=2: d = 0.01, -0.01, 0.03: mean 0.01, sd 0.02, half-width 4.303 * 0.02 / sqrt(3) = 0.0497
     assert "uniform r=8 − uniform r=2: +0.0100 [-0.0397, +0.0597], n=3, within noise." in reading
+    # r=4 − head alone: d = 0.10, 0.09, 0.08: mean 0.09, sd 0.01, half-width 4.303 * 0.01 / sqrt(3) = 0.0248
+    assert "the head alone (no LoRA): +0.0900 [+0.0652, +0.1148], n=3, r=4 higher." in reading
     # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above
     assert "adalora: +0.0267 [+0.0123, +0.0410], n=3, AutoLoRA higher" in reading
     # first order − finite differences: d = 0.01, 0.01, -0.01: mean 0.0033, sd 0.0115, half-width 0.0287; ranks

@@ -29,6 +29,8 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   after every optimiser step (cubic budget schedule, 10% warm-up, final 20% at the target budget); the kept
   triplets of its final ``rank_pattern`` are the ranks.
 * ``full_ft`` (context): every weight trained, AdamW at ``full_ft_lr``.
+* ``head_only`` (context): the task head alone trained (no LoRA, every other weight frozen), AdamW at ``lr``: what
+  the tasks score without any adapter, the ceiling on what an allocation of adapter rank can change.
 
 A module allocated rank 0 (possible with EVA and AdaLoRA) is left unadapted in the retraining.
 """
@@ -47,7 +49,7 @@ from autolora.checkpoint import isolated_rng, seed_rng
 from autolora.config import AutoLoRAConfig
 from autolora.data import TaskData, make_loader
 from autolora.loading import use_eager_attention
-from autolora.model import find_heads, find_target_modules
+from autolora.model import find_heads, find_target_modules, is_within
 from autolora.readout import shuffled_ranks
 from autolora.training import batch_stream, model_loss
 
@@ -390,7 +392,19 @@ def adalora_counts(model: torch.nn.Module) -> dict[str, int]:
     return {name: int(sum(mask)) for name, mask in model.peft_config["default"].rank_pattern.items()}
 
 
-# --------------------------------------------------------------------------------------------------- full weights
+# ------------------------------------------------------------------------------------------ full weights, head only
+
+def run_head_only(cell: Cell) -> Outcome:
+    """The task head alone trained (every other weight frozen, no LoRA), AdamW at the recipe's lr on its batches:
+    the part of a score that needs no adapter at all."""
+    model = cell.base_model()
+    heads = find_heads(model, None)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(is_within(name, head) for head in heads))
+    with cell.phase("retrain"):
+        fit(cell, model, steps=cell.recipe.retrain_steps, lr=cell.recipe.lr)
+    return Outcome(model, None)
+
 
 def run_full_ft(cell: Cell) -> Outcome:
     model = cell.base_model()
@@ -436,6 +450,8 @@ METHODS = {method.name: method for method in (
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
     Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),
+    Method("head_only", run_head_only, False, False, False,
+           "the task head alone trained, no LoRA (what the tasks score without any adapter)"),
 )}
 
 
