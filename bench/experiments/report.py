@@ -377,8 +377,8 @@ def same_seed_rank_agreement(results: Results, task: str, first: str, second: st
 
 def task_reading(results: Results, task: str) -> list[str]:
     """The reading of one task: AutoLoRA against each control, whether rank matters at all on the task (uniform
-    r=8 − r=2), whether an adapter does (uniform r=4 − the head alone), what the search's diagnostics and rank stability say, first order against finite differences, and
-    the cost."""
+    r=8 − r=2), whether an adapter does (uniform r=4 − the head alone), what the search's diagnostics and rank
+    stability say, first order against finite differences, and the cost."""
     lines = [f"* **{task}**, AutoLoRA − " + "; ".join(
         f"{control}: {difference_text(results, task, SUBJECT, control)}" for control in CONTROLS) + "."]
     if results.seeds(task, "uniform_r8") and results.seeds(task, "uniform_r2"):
