@@ -129,7 +129,7 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 12 * 3
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 13 * 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -422,7 +422,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 12 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 13 * 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1
@@ -439,7 +439,7 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
         for seed, value in enumerate(values):
             cache.write_result(root, scored(cache.read_result(budget_results, TASK, method, 0), seed, value))
     for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79]),
-                           ("head_only", [0.70, 0.72, 0.71])):
+                           ("head_only", [0.70, 0.72, 0.71]), ("uniform_r1", [0.76, 0.78, 0.77])):
         for seed, value in enumerate(values):
             cache.write_result(root, scored({**uniform, "method": method}, seed, value))
     searched = cache.read_result(budget_results, TASK, "autolora", 0)
@@ -452,6 +452,8 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     assert f"excludes 0 on {TASK}." in reading
     # r=8 − r=2: d = 0.01, -0.01, 0.03: mean 0.01, sd 0.02, half-width 4.303 * 0.02 / sqrt(3) = 0.0497
     assert "uniform r=8 − uniform r=2: +0.0100 [-0.0397, +0.0597], n=3, within noise." in reading
+    # r=2 − r=1: d = 0.04, 0.03, 0.02: mean 0.03, sd 0.01, half-width 0.0248
+    assert "uniform r=2 − uniform r=1: +0.0300 [+0.0052, +0.0548], n=3, r=2 higher." in reading
     # r=4 − head alone: d = 0.10, 0.09, 0.08: mean 0.09, sd 0.01, half-width 4.303 * 0.01 / sqrt(3) = 0.0248
     assert "the head alone (no LoRA): +0.0900 [+0.0652, +0.1148], n=3, r=4 higher." in reading
     # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above

@@ -7,7 +7,7 @@ modules): P_ref = sum_m 4 (d_in,m + d_out,m) trainable LoRA parameters (36,864 o
 hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each result records P / P_ref, and
 ``budget_matched`` methods must keep it within 5%.
 
-* ``uniform_r{2,4,8}``: rank r on every module.
+* ``uniform_r{1,2,4,8}``: rank r on every module.
 * ``autolora``, ``autolora_paper``: :func:`search_allocation` (``autolora.search`` with preset "default" or
   "paper"), ranks by the budget readout (``SearchResult.budget_ranks``) with N = 4 M components. Every AutoLoRA row
   forms the hypergradient by finite differences unless it says otherwise (the default preset's method when the suite
@@ -447,6 +447,7 @@ METHODS = {method.name: method for method in (
            "the default as it ships (first order) searched 6 times as long (900 steps), ranks by the energy budget "
            "readout (the lever that pays off on the planted task, docs/planted_allocation.md)"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
+    Method("uniform_r1", uniform_method(1), False, False, False, "uniform LoRA r=1"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
     Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),

@@ -377,13 +377,14 @@ def same_seed_rank_agreement(results: Results, task: str, first: str, second: st
 
 def task_reading(results: Results, task: str) -> list[str]:
     """The reading of one task: AutoLoRA against each control, whether rank matters at all on the task (uniform
-    r=8 − r=2), whether an adapter does (uniform r=4 − the head alone), what the search's diagnostics and rank
-    stability say, first order against finite differences, and the cost."""
+    r=8 − r=2, r=2 − r=1), whether an adapter does (uniform r=4 − the head alone), what the search's diagnostics
+    and rank stability say, first order against finite differences, and the cost."""
     lines = [f"* **{task}**, AutoLoRA − " + "; ".join(
         f"{control}: {difference_text(results, task, SUBJECT, control)}" for control in CONTROLS) + "."]
-    if results.seeds(task, "uniform_r8") and results.seeds(task, "uniform_r2"):
-        lines.append(f"  * Does rank matter on this task? uniform r=8 − uniform r=2: "
-                     f"{difference_text(results, task, 'uniform_r8', 'uniform_r2', 'r=8')}.")
+    for high, low in ((8, 2), (2, 1)):
+        if results.seeds(task, f"uniform_r{high}") and results.seeds(task, f"uniform_r{low}"):
+            lines.append(f"  * Does rank matter on this task? uniform r={high} − uniform r={low}: "
+                         f"{difference_text(results, task, f'uniform_r{high}', f'uniform_r{low}', f'r={high}')}.")
     if results.seeds(task, "uniform_r4") and results.seeds(task, "head_only"):
         lines.append(f"  * Does an adapter matter at all? uniform r=4 − the head alone (no LoRA): "
                      f"{difference_text(results, task, 'uniform_r4', 'head_only', 'r=4')}.")
