@@ -401,19 +401,23 @@ def test_report_reads_intervals_and_marks_missing_rows(budget_results, tmp_path)
     assert f"figures/results_ranks_{TASK}.png" in text
 
 
-def test_report_pairs_other_autolora_settings_with_uniform(budget_results, tmp_path):
+def test_report_pairs_other_autolora_settings_with_uniform_and_autolora(budget_results, tmp_path):
     root = str(tmp_path / "results")
     template = cache.read_result(budget_results, TASK, "uniform_r4", 0)
-    sigmoid = {**cache.read_result(budget_results, TASK, "autolora", 0), "method": "autolora_sigmoid"}
-    for seed, (s, u) in enumerate(zip([0.90, 0.93, 0.88], [0.81, 0.80, 0.79])):
+    searched = cache.read_result(budget_results, TASK, "autolora", 0)
+    sigmoid = {**searched, "method": "autolora_sigmoid"}
+    for seed, (s, u, a) in enumerate(zip([0.90, 0.93, 0.88], [0.81, 0.80, 0.79], [0.85, 0.86, 0.90])):
         cache.write_result(root, scored(sigmoid, seed, s))
         cache.write_result(root, scored(template, seed, u))
+        cache.write_result(root, scored(searched, seed, a))
     text = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures"))
-    section = text.split("## Paired differences: other AutoLoRA settings − uniform r=4")[1].split("\n## ")[0]
+    section = text.split("## Paired differences: other AutoLoRA settings")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| autolora")]
     assert len(rows) == 1  # autolora_paper and the other settings have no cells: left out
-    # d = 0.09, 0.13, 0.09: mean 0.1033, sample sd 0.0231, t(0.975, 2) = 4.303 -> half-width 0.0573
-    assert rows[0].startswith(f"| autolora_sigmoid | {TASK} | 3 | +0.1033 | [+0.0460, +0.1607] |")
+    # - uniform: d = 0.09, 0.13, 0.09: mean 0.1033, sample sd 0.0231, t(0.975, 2) = 4.303 -> half-width 0.0573
+    # - autolora: d = 0.05, 0.07, -0.02: mean 0.0333, sample sd 0.0473 -> half-width 0.1174
+    assert rows[0] == (f"| autolora_sigmoid | {TASK} | 3 | +0.1033 | [+0.0460, +0.1607] | autolora_sigmoid higher "
+                       "| 3 | +0.0333 | [-0.0841, +0.1507] | within noise |")
 
 
 def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_results):

@@ -117,24 +117,31 @@ def difference_text(results: Results, task: str, subject: str, control: str, lab
             f"{reading(difference, label)}")
 
 
-def difference_row(results: Results, task: str, control: str, subject: str = SUBJECT) -> list[str]:
-    """[control, n, mean d, 95% interval, reading] of d = subject − control over the seeds both have."""
+def difference_row(results: Results, task: str, control: str, subject: str = SUBJECT,
+                   label: str = "AutoLoRA") -> list[str]:
+    """[control, n, mean d, 95% interval, reading] of d = subject − control over the seeds both have; the reading
+    names the subject as ``label``."""
     difference = stats.paired_difference(results.scores(task, subject), results.scores(task, control))
     if difference is None:
         return [control, "0", NOT_RUN, NOT_RUN, NOT_RUN]
     interval = "n/a" if difference.low is None else f"[{signed(difference.low)}, {signed(difference.high)}]"
-    return [control, str(difference.n), signed(difference.mean), interval, reading(difference)]
+    return [control, str(difference.n), signed(difference.mean), interval, reading(difference, label)]
 
 
 def settings_section(results: Results) -> list[str]:
-    """Each other AutoLoRA setting (context rows) against uniform r=4, paired as the headline differences."""
+    """Each other AutoLoRA setting (context rows) against uniform r=4 and against ``autolora`` (the search it changes
+    one setting of: the paper's ablations read this way), paired as the headline differences."""
     subjects = [name for name in methods.METHODS if name.startswith(SUBJECT + "_")]
-    rows = [[subject, task] + difference_row(results, task, REFERENCE, subject)[1:]
+    rows = [[subject, task] + difference_row(results, task, REFERENCE, subject, subject)[1:]
+            + difference_row(results, task, SUBJECT, subject, subject)[1:]
             for subject in subjects for task in tasks.TASKS if results.seeds(task, subject)]
-    return ["## Paired differences: other AutoLoRA settings − uniform r=4", "",
-            "The context rows that search with other settings (paper preset, sigmoid selection), each against "
-            "uniform r=4 on the seeds both have; tasks without a run are left out.", ""] \
-        + (table(["setting", "task", "n", "mean d", "95% interval", "reading"], rows) if rows else [NOT_RUN]) + [""]
+    header = ["setting", "task"] + [f"{column} (− {control})" for control in (REFERENCE, SUBJECT)
+                                    for column in ("n", "mean d", "95% interval", "reading")]
+    return ["## Paired differences: other AutoLoRA settings − uniform r=4 and − autolora", "",
+            "The context rows that search with other settings (paper preset, sigmoid selection, the paper's "
+            "ablations), each against uniform r=4 and against `autolora` (the suite's default search, which each "
+            "of them changes), on the seeds both have; tasks without a run are left out.", ""] \
+        + (table(header, rows) if rows else [NOT_RUN]) + [""]
 
 
 def suite_hours(results: Results) -> tuple[float, int, float]:
