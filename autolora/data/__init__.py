@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from ..tasks import TASK_TYPES
 from .batching import collate_padded, make_loader, pad_token_id_of
-from .builtin import (BUILTIN_TASKS, load_builtin_task, read_builtin_task, read_glue, read_rotten_tomatoes,
-                      read_wnut16)
+from .builtin import (BUILTIN_TASKS, load_builtin_task, read_builtin_task, read_glue, read_roget,
+                      read_rotten_tomatoes, read_wnut16)
 from .files import load_files
 from .inputs import (MODEL_COLUMNS, ModelRows, class_names, infer_task_type, load_dataset_dir, model_column_names,
                      model_inputs, raw_task_from_datasets)
@@ -23,7 +23,7 @@ from .task import SPLITS, RawSplit, RawTask, TaskData, tokenize_task
 __all__ = [
     "TASK_TYPES", "SPLITS", "BUILTIN_TASKS", "TaskData", "RawSplit", "RawTask", "tokenize_task", "split_in_two",
     "make_loader", "collate_padded", "pad_token_id_of", "load_files", "read_rotten_tomatoes", "read_wnut16",
-    "read_glue", "read_builtin_task", "load_builtin_task", "plant_ranks", "planted_rank_dataset", "MODEL_COLUMNS",
+    "read_roget", "read_glue", "read_builtin_task", "load_builtin_task", "plant_ranks", "planted_rank_dataset", "MODEL_COLUMNS",
     "ModelRows", "model_inputs", "model_column_names", "raw_task_from_datasets", "infer_task_type", "class_names",
     "load_dataset_dir",
 ]

@@ -122,8 +122,10 @@ class Loaded:
 
 def run_cell(task: str, method: str, seed: int, *, recipe: methods.Recipe, results_root: str,
              loaded: Loaded | None = None) -> dict:
-    """Run one cell (allocation, retraining, evaluation on the test split) and return its result record."""
+    """Run one cell (allocation, retraining, evaluation on the test split) and return its result record; the task's
+    recipe changes (``TaskSpec.recipe``) apply to ``recipe``."""
     spec, chosen = tasks.task_spec(task), methods.method_spec(method)
+    recipe = spec.recipe(recipe)
     loaded = loaded or Loaded()
     data = loaded.task(task, seed, recipe.max_length)
     training_only = dataclasses.replace(data, validation=None, test=None)  # methods never see the held-out splits
