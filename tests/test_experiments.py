@@ -128,8 +128,13 @@ def test_filter_selects_cells_in_run_order():
     headline = run.plan(run.parse_filter("task=wnut16,method=adalora"))
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
+    assert [t for t, _, _ in run.plan(run.parse_filter("method=autolora_energy"))] == \
+        ["rotten_tomatoes_500"] * 3 + ["wnut16_500"] * 3 + ["roget"] * 3  # the low-data tasks and also_on
+    assert run.plan(run.parse_filter("task=roget,method=autolora_first_order")) == []
     everything = run.plan({})
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 13 * 3
+    # per task 5 headline rows x 5 seeds + uniform r=2, r=8 x 3; 14 context rows x 3 on the 2 low-data tasks;
+    # autolora_energy x 3 on roget
+    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 + 3
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -447,7 +452,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 13 * 3
+    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 + 3
     assert run_hours == pytest.approx(3.5) and pending == planned - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1

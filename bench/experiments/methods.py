@@ -18,8 +18,9 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   ``autolora_first_order`` (the first-order hypergradient: h without the mixed term, one pass fewer per meta step
   than finite differences); ``autolora_sigmoid_energy`` reads its ranks by the energy budget readout (the singular
   values of each module's searched update, ``autolora.readout.component_energies``) after a first-order sigmoid
-  search at weights lr 1e-3; ``autolora_long_energy`` is the default as it ships (first order) searched 6 times as long
-  (900 steps) and read by the energy budget readout.
+  search at weights lr 1e-3; ``autolora_energy`` is the default as ``autolora run --budget N`` ships it (first order,
+  energy readout; also on ``roget``, the task where rank matters); ``autolora_long_energy`` is the default as it
+  ships (first order) searched 6 times as long (900 steps) and read by the energy budget readout.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -143,9 +144,9 @@ class Outcome:
 @dataclass(frozen=True)
 class Method:
     """A row of the suite. ``headline``: 5 seeds on every task, run first (the other rows: 3 seeds on the low-data
-    tasks, :data:`CONTEXT_TASKS`, which keeps the suite's wall time down, or on every task with ``every_task``);
-    ``budget_matched``: must train P_ref +- 5%; ``allocates``: its ranks differ across modules (rank stability and
-    heatmaps)."""
+    tasks, :data:`CONTEXT_TASKS`, which keeps the suite's wall time down, and on the tasks in ``also_on``, or on
+    every task with ``every_task``); ``budget_matched``: must train P_ref +- 5%; ``allocates``: its ranks differ
+    across modules (rank stability and heatmaps)."""
 
     name: str
     run: Callable[[Cell], Outcome]
@@ -154,6 +155,7 @@ class Method:
     allocates: bool
     description: str
     every_task: bool = False
+    also_on: tuple[str, ...] = ()
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -161,8 +163,10 @@ class Method:
 
     @property
     def task_names(self) -> tuple[str, ...]:
-        """The tasks the suite runs this row on."""
-        return tuple(tasks.TASKS) if self.headline or self.every_task else CONTEXT_TASKS
+        """The tasks the suite runs this row on, in the suite's order."""
+        if self.headline or self.every_task:
+            return tuple(tasks.TASKS)
+        return tuple(name for name in tasks.TASKS if name in CONTEXT_TASKS or name in self.also_on)
 
 
 def target_names(model: torch.nn.Module) -> list[str]:
@@ -414,7 +418,7 @@ def run_full_ft(cell: Cell) -> Outcome:
 
 
 METHODS = {method.name: method for method in (
-    # name, run, headline, budget_matched, allocates, description[, every_task]
+    # name, run, headline, budget_matched, allocates, description[, every_task, also_on]
     Method("autolora", autolora_method("default"), True, True, True,
            "AutoLoRA search (default preset, finite-difference hypergradient), budget readout"),
     Method("uniform_r4", uniform_method(4), True, True, False, "uniform LoRA r=4 (the reference budget)"),
@@ -446,6 +450,9 @@ METHODS = {method.name: method for method in (
            False, True, True,
            "the default as it ships (first order) searched 6 times as long (900 steps), ranks by the energy budget "
            "readout (the lever that pays off on the planted task, docs/planted_allocation.md)"),
+    Method("autolora_energy", autolora_method("default", score="energy", method="first_order"), False, True, True,
+           "the default as `autolora run --budget N` ships it: first-order hypergradient, ranks by the energy budget "
+           "readout", also_on=("roget",)),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r1", uniform_method(1), False, False, False, "uniform LoRA r=1"),
     Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
