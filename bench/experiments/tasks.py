@@ -32,7 +32,7 @@ class TaskSpec:
     builtin: str
     max_train_examples: int | None
     task_type: str
-    recipe_changes: dict = field(default_factory=dict)
+    recipe_changes: dict = field(default_factory=dict, hash=False)
 
     def recipe(self, base):
         """``base`` (a ``methods.Recipe``) with this task's changes."""
