@@ -178,9 +178,9 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
     lines += ["* Model: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), LoRA on query/value of every layer (12 "
               "modules). Tasks: Rotten Tomatoes (accuracy) and WNUT-16 (entity F1), each split 80/10/10 with the "
               f"seed; `_500` keeps {tasks.LOW_DATA_EXAMPLES} training examples; `roget`: the Roget's thesaurus "
-              "category of a word or phrase (accuracy, 71 classes, 18,990 training terms), on which rank matters, "
-              "trained and searched longer (the recipe below). The test split is used only for the final "
-              "evaluation."]
+              "category of a word or phrase (accuracy, 71 classes, 18,990 training terms), trained and searched "
+              "longer (the recipe below), added as a task where rank may matter (the reading says whether it does). "
+              "The test split is used only for the final evaluation."]
     if records:
         dates = sorted(r["finished"][:10] for r in records)
         hardware = sorted({r["environment"]["hardware"] for r in records})
