@@ -23,7 +23,7 @@ from .task import SPLITS, RawSplit, RawTask, TaskData, tokenize_task
 __all__ = [
     "TASK_TYPES", "SPLITS", "BUILTIN_TASKS", "TaskData", "RawSplit", "RawTask", "tokenize_task", "split_in_two",
     "make_loader", "collate_padded", "pad_token_id_of", "load_files", "read_rotten_tomatoes", "read_wnut16",
-    "read_roget", "read_glue", "read_builtin_task", "load_builtin_task", "plant_ranks", "planted_rank_dataset", "MODEL_COLUMNS",
-    "ModelRows", "model_inputs", "model_column_names", "raw_task_from_datasets", "infer_task_type", "class_names",
-    "load_dataset_dir",
+    "read_roget", "read_glue", "read_builtin_task", "load_builtin_task", "plant_ranks", "planted_rank_dataset",
+    "MODEL_COLUMNS", "ModelRows", "model_inputs", "model_column_names", "raw_task_from_datasets", "infer_task_type",
+    "class_names", "load_dataset_dir",
 ]

@@ -3,6 +3,7 @@ through ``datasets``."""
 from __future__ import annotations
 
 import bz2
+import collections
 import csv
 import importlib.util
 import os
@@ -118,9 +119,7 @@ def read_roget(seed: int = 0) -> RawTask:
                 categories.setdefault(key, set()).add(parts[1])
                 spelling.setdefault(key, term)
     single = {key: next(iter(found)) for key, found in categories.items() if len(found) == 1}
-    counts: dict[str, int] = {}
-    for category in single.values():
-        counts[category] = counts.get(category, 0) + 1
+    counts = collections.Counter(single.values())
     names = sorted(category for category, count in counts.items() if count >= ROGET_MIN_TERMS)
     ids = {name: i for i, name in enumerate(names)}
     kept = [(spelling[key], ids[category]) for key, category in single.items() if category in ids]

@@ -19,7 +19,7 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   than finite differences); ``autolora_sigmoid_energy`` reads its ranks by the energy budget readout (the singular
   values of each module's searched update, ``autolora.readout.component_energies``) after a first-order sigmoid
   search at weights lr 1e-3; ``autolora_energy`` is the default as ``autolora run --budget N`` ships it (first order,
-  energy readout; also on ``roget``, the task where rank matters); ``autolora_long_energy`` is the default as it
+  energy readout; also on ``roget``, a task where rank may matter); ``autolora_long_energy`` is the default as it
   ships (first order) searched 6 times as long (900 steps) and read by the energy budget readout.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
