@@ -117,6 +117,11 @@ def test_cell_is_written_once_and_skipped_on_rerun(tiny_suite, monkeypatch):
     assert open(path).read() == before
 
 
+# per task 5 headline rows x 5 seeds + uniform r=2, r=8 x 3; 14 context rows x 3 on the 2 low-data tasks, less
+# autolora_long_energy on wnut16_500; autolora_energy x 3 on roget
+PLANNED_CELLS = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 - 3 + 3
+
+
 def test_filter_selects_cells_in_run_order():
     cells = run.plan(run.parse_filter("task=wnut16_500,method=eva,method=uniform_r4,seed=1,seed=0"))
     assert cells == [("wnut16_500", "uniform_r4", 0), ("wnut16_500", "eva", 0),
@@ -129,12 +134,11 @@ def test_filter_selects_cells_in_run_order():
     assert [seed for _, _, seed in headline] == [0, 1, 2, 3, 4]
     assert run.plan(run.parse_filter("method=shuffled"), seeds=[7]) == [(t, "shuffled", 7) for t in tasks.TASKS]
     assert [t for t, _, _ in run.plan(run.parse_filter("method=autolora_energy"))] == \
-        ["rotten_tomatoes_500"] * 3 + ["wnut16_500"] * 3 + ["roget"] * 3  # the low-data tasks and also_on
+        ["rotten_tomatoes_500"] * 3 + ["wnut16_500"] * 3 + ["roget"] * 3  # its on_tasks
+    assert [t for t, _, _ in run.plan(run.parse_filter("method=autolora_long_energy"))] == ["rotten_tomatoes_500"] * 3
     assert run.plan(run.parse_filter("task=roget,method=autolora_first_order")) == []
     everything = run.plan({})
-    # per task 5 headline rows x 5 seeds + uniform r=2, r=8 x 3; 14 context rows x 3 on the 2 low-data tasks;
-    # autolora_energy x 3 on roget
-    assert len(everything) == len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 + 3
+    assert len(everything) == PLANNED_CELLS
     assert everything.index(("wnut16_500", "adalora", 4)) < everything.index(("rotten_tomatoes_500", "uniform_r2", 0))
 
 
@@ -144,6 +148,19 @@ def test_filter_selects_cells_in_run_order():
 def test_filter_rejects_unknown_keys_and_values(text, message):
     with pytest.raises(ValueError, match=message):
         run.parse_filter(text)
+
+
+def test_a_row_on_an_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="unknown tasks \\['sst3'\\]"):
+        methods.Method("x", methods.uniform_method(4), False, True, False, "x", on_tasks=("wnut16", "sst3"))
+
+
+def test_report_lists_the_rows_on_other_tasks_with_their_reasons():
+    listed = report.task_exceptions()
+    assert "uniform_r8 on every task (whether rank matters at all)" in listed
+    assert "autolora_energy on rotten_tomatoes_500, wnut16_500, roget (" in listed
+    assert "autolora_long_energy on rotten_tomatoes_500 (" in listed
+    assert "autolora_paper" not in listed  # the default tasks of a context row
 
 
 def test_filter_that_selects_nothing_is_refused(capsys):
@@ -452,8 +469,7 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
         return {**record, "method": method, "seed": seed, "wall_seconds": {**record["wall_seconds"], "total": seconds}}
     records = [timed("uniform_r4", 0, 1800.0), timed("uniform_r4", 1, 3600.0), timed("autolora", 0, 7200.0)]
     run_hours, pending, pending_hours = report.suite_hours(report.Results(records))
-    planned = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 + 3
-    assert run_hours == pytest.approx(3.5) and pending == planned - 3
+    assert run_hours == pytest.approx(3.5) and pending == PLANNED_CELLS - 3
     # per task: uniform 5 seeds at 0.75 h, autolora 5 at 2 h, every other planned cell at the mean of all 3 cells
     uniform_left, autolora_left = len(tasks.TASKS) * 5 - 2, len(tasks.TASKS) * 5 - 1
     others = pending - uniform_left - autolora_left

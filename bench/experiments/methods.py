@@ -20,7 +20,8 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   values of each module's searched update, ``autolora.readout.component_energies``) after a first-order sigmoid
   search at weights lr 1e-3; ``autolora_energy`` is the default as ``autolora run --budget N`` ships it (first order,
   energy readout; also on ``roget``, a task where rank may matter); ``autolora_long_energy`` is the default as it
-  ships (first order) searched 6 times as long (900 steps) and read by the energy budget readout.
+  ships (first order) searched 6 times as long (900 steps) and read by the energy budget readout (on
+  ``rotten_tomatoes_500`` only: its cells there took over 15 min each).
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -61,6 +62,7 @@ BUDGET_TOLERANCE = 0.05
 HEADLINE_SEEDS = (0, 1, 2, 3, 4)
 CONTEXT_SEEDS = (0, 1, 2)
 CONTEXT_TASKS = tuple(name for name, spec in tasks.TASKS.items() if spec.max_train_examples is not None)
+ALL_TASKS = tuple(tasks.TASKS)
 PEFT_TASK_TYPES = {"classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
 
 
@@ -143,10 +145,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Method:
-    """A row of the suite. ``headline``: 5 seeds on every task, run first (the other rows: 3 seeds on the low-data
-    tasks, :data:`CONTEXT_TASKS`, which keeps the suite's wall time down, and on the tasks in ``also_on``, or on
-    every task with ``every_task``); ``budget_matched``: must train P_ref +- 5%; ``allocates``: its ranks differ
-    across modules (rank stability and heatmaps)."""
+    """A row of the suite. ``headline``: 5 seeds on every task, run first (the other rows: 3 seeds);
+    ``budget_matched``: must train P_ref +- 5%; ``allocates``: its ranks differ across modules (rank stability and
+    heatmaps); ``on_tasks``: the tasks the row runs on, with ``tasks_reason`` saying why, where that is not the
+    default (every task for a headline row, the low-data tasks :data:`CONTEXT_TASKS` for the others, which keeps
+    the suite's wall time down)."""
 
     name: str
     run: Callable[[Cell], Outcome]
@@ -154,8 +157,14 @@ class Method:
     budget_matched: bool
     allocates: bool
     description: str
-    every_task: bool = False
-    also_on: tuple[str, ...] = ()
+    on_tasks: tuple[str, ...] | None = None
+    tasks_reason: str = ""
+
+    def __post_init__(self):
+        unknown = sorted(set(self.on_tasks or ()) - set(tasks.TASKS))
+        if unknown:
+            raise ValueError(f"method {self.name!r}: unknown tasks {unknown}; "
+                             f"the suite's tasks: {', '.join(tasks.TASKS)}")
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -164,9 +173,9 @@ class Method:
     @property
     def task_names(self) -> tuple[str, ...]:
         """The tasks the suite runs this row on, in the suite's order."""
-        if self.headline or self.every_task:
-            return tuple(tasks.TASKS)
-        return tuple(name for name in tasks.TASKS if name in CONTEXT_TASKS or name in self.also_on)
+        if self.on_tasks is not None:
+            return tuple(name for name in tasks.TASKS if name in self.on_tasks)
+        return ALL_TASKS if self.headline else CONTEXT_TASKS
 
 
 def target_names(model: torch.nn.Module) -> list[str]:
@@ -418,7 +427,7 @@ def run_full_ft(cell: Cell) -> Outcome:
 
 
 METHODS = {method.name: method for method in (
-    # name, run, headline, budget_matched, allocates, description[, every_task, also_on]
+    # name, run, headline, budget_matched, allocates, description[, on_tasks, tasks_reason]
     Method("autolora", autolora_method("default"), True, True, True,
            "AutoLoRA search (default preset, finite-difference hypergradient), budget readout"),
     Method("uniform_r4", uniform_method(4), True, True, False, "uniform LoRA r=4 (the reference budget)"),
@@ -449,14 +458,19 @@ METHODS = {method.name: method for method in (
     Method("autolora_long_energy", autolora_method("default", score="energy", length=6, method="first_order"),
            False, True, True,
            "the default as it ships (first order) searched 6 times as long (900 steps), ranks by the energy budget "
-           "readout (the lever that pays off on the planted task, docs/planted_allocation.md)"),
+           "readout (the lever that pays off on the planted task, docs/planted_allocation.md)",
+           on_tasks=("rotten_tomatoes_500",),
+           tasks_reason="its cells took 15.7-17.5 min each at 1 thread, over the suite's 15-min part"),
     Method("autolora_energy", autolora_method("default", score="energy", method="first_order"), False, True, True,
            "the default as `autolora run --budget N` ships it: first-order hypergradient, ranks by the energy budget "
-           "readout", also_on=("roget",)),
+           "readout", on_tasks=CONTEXT_TASKS + ("roget",),
+           tasks_reason="also on roget, a task where rank may matter"),
     Method("eva_init", run_eva_init, False, True, True, "EVA as PEFT runs it (its SVD initialisation)"),
     Method("uniform_r1", uniform_method(1), False, False, False, "uniform LoRA r=1"),
-    Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", every_task=True),
-    Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", every_task=True),
+    Method("uniform_r2", uniform_method(2), False, False, False, "uniform LoRA r=2", on_tasks=ALL_TASKS,
+           tasks_reason="whether rank matters at all"),
+    Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", on_tasks=ALL_TASKS,
+           tasks_reason="whether rank matters at all"),
     Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),
     Method("head_only", run_head_only, False, False, False,
            "the task head alone trained, no LoRA (what the tasks score without any adapter)"),

@@ -69,6 +69,15 @@ class Results:
 
 
 @functools.cache
+def task_exceptions() -> str:
+    """The rows that run on other tasks than their default, each with its tasks and the reason."""
+    def where(method: methods.Method) -> str:
+        return "every task" if method.task_names == methods.ALL_TASKS else ", ".join(method.task_names)
+
+    return "; ".join(f"{method.name} on {where(method)} ({method.tasks_reason})"
+                     for method in methods.METHODS.values() if method.on_tasks is not None)
+
+
 def planned_pairs() -> frozenset[tuple[str, str]]:
     """The (task, method) pairs the suite's plan has cells for (:func:`run.plan`)."""
     return frozenset((task, method) for task, method, _ in run.plan({}))
@@ -167,10 +176,8 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
     lines += [f"* Commands that produced the cached results: {', '.join(f'`{c}`' for c in commands) or NOT_RUN}."]
     lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
               f"r=4, shuffled, EVA, AdaLoRA) on every task, {', '.join(map(str, methods.CONTEXT_SEEDS))} for the "
-              "others, "
-              f"which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only, except uniform r=2 and "
-              "r=8 (every task: whether rank matters at all). "
-              f"Cells run: {len(records)} of {planned}."]
+              f"others, which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only, except "
+              f"{task_exceptions()}. Cells run: {len(records)} of {planned}."]
     run_hours, pending, pending_hours = suite_hours(results)
     lines += [f"* Wall time: the cells run took {run_hours:.1f} h (one after another, 1 torch thread each); the "
               f"{pending} cells not run yet would take about {pending_hours:.1f} h more (extrapolated from each "
