@@ -476,6 +476,20 @@ def test_report_extrapolates_the_suite_time_from_each_methods_mean(budget_result
     assert pending_hours == pytest.approx(uniform_left * 0.75 + autolora_left * 2.0 + others * 3.5 / 3)
 
 
+def test_setup_counts_planned_cells_and_lists_the_cells_beyond_the_plan(budget_results):
+    uniform = cache.read_result(budget_results, TASK, "uniform_r4", 0)
+    records = [scored(uniform, seed, 0.8) for seed in (0, 1, 7)]            # seed 7: not a planned seed
+    records += [scored({**uniform, "method": "uniform_r8", "task": "roget"}, seed, 0.8) for seed in (2, 5, 3)]
+    records += [scored({**uniform, "method": "eva_init", "task": "roget"}, 0, 0.8)]  # not planned on roget
+    results = report.Results(records)
+    assert report.beyond_plan(results) == {(TASK, "uniform_r4"): [7], ("roget", "eva_init"): [0],
+                                           ("roget", "uniform_r8"): [3, 5]}
+    seeds_line = next(line for line in report.setup_section(results, "figures/") if line.startswith("* Seeds:"))
+    assert f"Planned cells run: 3 of {PLANNED_CELLS}." in seeds_line
+    assert ("(4 cells, included in every table and interval): roget eva_init seeds 0; roget uniform_r8 seeds 3, 5; "
+            f"{TASK} uniform_r4 seeds 7.") in seeds_line
+
+
 def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_results, tmp_path):
     root = str(tmp_path / "results")
     uniform = cache.read_result(budget_results, TASK, "uniform_r4", 0)

@@ -68,7 +68,6 @@ class Results:
         return mean_or_none(value(r) for r in self.seeds(task, method).values())
 
 
-@functools.cache
 def task_exceptions() -> str:
     """The rows that run on other tasks than their default, each with its tasks and the reason."""
     def where(method: methods.Method) -> str:
@@ -78,9 +77,21 @@ def task_exceptions() -> str:
                      for method in methods.METHODS.values() if method.on_tasks is not None)
 
 
+@functools.cache
 def planned_pairs() -> frozenset[tuple[str, str]]:
     """The (task, method) pairs the suite's plan has cells for (:func:`run.plan`)."""
     return frozenset((task, method) for task, method, _ in run.plan({}))
+
+
+def beyond_plan(results: Results) -> dict[tuple[str, str], list[int]]:
+    """The cached cells outside the plan (seeds run with ``--seeds`` beyond a row's planned ones): {(task, method):
+    sorted seeds}."""
+    planned = set(run.plan({}))
+    extra: dict[tuple[str, str], list[int]] = {}
+    for record in results.records:
+        if (record["task"], record["method"], record["seed"]) not in planned:
+            extra.setdefault((record["task"], record["method"]), []).append(record["seed"])
+    return {pair: sorted(seeds) for pair, seeds in sorted(extra.items())}
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -168,6 +179,8 @@ def suite_hours(results: Results) -> tuple[float, int, float]:
 def setup_section(results: Results, figures_link: str) -> list[str]:
     records = results.records
     planned = len(run.plan({}))
+    extra = beyond_plan(results)
+    extra_count = sum(map(len, extra.values()))
     lines = ["## How these numbers were made", ""]
     commands = sorted({r.get("command") for r in records if r.get("command")})
     lines += ["* Suite: `python -m bench.experiments.run` runs every (task, method, seed) cell without a cached result "
@@ -177,7 +190,12 @@ def setup_section(results: Results, figures_link: str) -> list[str]:
     lines += [f"* Seeds: {', '.join(map(str, methods.HEADLINE_SEEDS))} for the headline rows (AutoLoRA, uniform "
               f"r=4, shuffled, EVA, AdaLoRA) on every task, {', '.join(map(str, methods.CONTEXT_SEEDS))} for the "
               f"others, which run on the low-data tasks ({', '.join(methods.CONTEXT_TASKS)}) only, except "
-              f"{task_exceptions()}. Cells run: {len(records)} of {planned}."]
+              f"{task_exceptions()}. Planned cells run: {len(records) - extra_count} of {planned}."]
+    if extra:
+        listed = "; ".join(f"{task} {method} seeds {', '.join(map(str, seeds))}" for (task, method), seeds in
+                           extra.items())
+        lines[-1] += (f" Run beyond the plan with `--seeds` ({extra_count} cells, included in every table and "
+                      f"interval): {listed}.")
     run_hours, pending, pending_hours = suite_hours(results)
     lines += [f"* Wall time: the cells run took {run_hours:.1f} h (one after another, 1 torch thread each); the "
               f"{pending} cells not run yet would take about {pending_hours:.1f} h more (extrapolated from each "
