@@ -78,15 +78,21 @@ def task_exceptions() -> str:
 
 
 @functools.cache
+def planned_cells() -> tuple[tuple[str, str, int], ...]:
+    """The suite's planned (task, method, seed) cells in run order (:func:`run.plan` without a filter)."""
+    return tuple(run.plan({}))
+
+
+@functools.cache
 def planned_pairs() -> frozenset[tuple[str, str]]:
-    """The (task, method) pairs the suite's plan has cells for (:func:`run.plan`)."""
-    return frozenset((task, method) for task, method, _ in run.plan({}))
+    """The (task, method) pairs the suite's plan has cells for."""
+    return frozenset((task, method) for task, method, _ in planned_cells())
 
 
 def beyond_plan(results: Results) -> dict[tuple[str, str], list[int]]:
     """The cached cells outside the plan (seeds run with ``--seeds`` beyond a row's planned ones): {(task, method):
     sorted seeds}."""
-    planned = set(run.plan({}))
+    planned = set(planned_cells())
     extra: dict[tuple[str, str], list[int]] = {}
     for record in results.records:
         if (record["task"], record["method"], record["seed"]) not in planned:
@@ -171,14 +177,14 @@ def suite_hours(results: Results) -> tuple[float, int, float]:
     totals = {name: [r["wall_seconds"]["total"] for r in results.records if r["method"] == name]
               for name in methods.METHODS}
     every = [t for values in totals.values() for t in values]
-    pending = [method for task, method, seed in run.plan({}) if seed not in results.seeds(task, method)]
+    pending = [method for task, method, seed in planned_cells() if seed not in results.seeds(task, method)]
     estimate = {name: float(np.mean(values or every or [0.0])) for name, values in totals.items()}
     return sum(every) / 3600, len(pending), sum(estimate[name] for name in pending) / 3600
 
 
 def setup_section(results: Results, figures_link: str) -> list[str]:
     records = results.records
-    planned = len(run.plan({}))
+    planned = len(planned_cells())
     extra = beyond_plan(results)
     extra_count = sum(map(len, extra.values()))
     lines = ["## How these numbers were made", ""]
