@@ -8,6 +8,7 @@ import os
 import random
 import statistics
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -118,8 +119,8 @@ def test_cell_is_written_once_and_skipped_on_rerun(tiny_suite, monkeypatch):
 
 
 # per task 5 headline rows x 5 seeds + uniform r=2, r=8 x 3; 14 context rows x 3 on the 2 low-data tasks, less
-# autolora_long_energy on wnut16_500; autolora_energy x 3 on roget
-PLANNED_CELLS = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 - 3 + 3
+# autolora_long_energy on wnut16_500; autolora_energy, value_only and query_only x 3 on roget
+PLANNED_CELLS = len(tasks.TASKS) * (5 * 5 + 2 * 3) + 2 * 14 * 3 - 3 + 3 * 3
 
 
 def test_filter_selects_cells_in_run_order():
@@ -276,10 +277,13 @@ def test_shuffled_control_without_autolora_result_is_skipped(tiny_suite):
 @pytest.fixture(scope="module")
 def budget_results(tmp_path_factory):
     """Every budget-matched method on the tiny classification task, seed 0 (the shuffled control reads the
-    AutoLoRA result of the same run)."""
+    AutoLoRA result of the same run; the rows planned on other tasks only run on it too)."""
     tmp = tmp_path_factory.mktemp("budget")
     with pytest.MonkeyPatch.context() as patcher:
         patch_loaders(patcher, tmp)
+        for name in BUDGET_MATCHED:
+            if TASK not in methods.METHODS[name].task_names:
+                patcher.setitem(methods.METHODS, name, dataclasses.replace(methods.METHODS[name], on_tasks=(TASK,)))
         root = str(tmp / "results")
         summary = run_cells(root, f"task={TASK}," + ",".join(f"method={m}" for m in BUDGET_MATCHED))
     assert summary["failed"] == []
@@ -299,6 +303,24 @@ def test_budget_matched_methods_train_the_reference_parameter_count(budget_resul
     assert record["budget_ratio"] == pytest.approx(count / reference)
     if method != "adalora":  # AdaLoRA may mask a few more triplets than its budget on ties of importance
         assert count == reference
+
+
+def test_fixed_placements_put_the_whole_budget_on_one_projection(budget_results):
+    # the tiny BERT: 2 layers x (query, value) = 4 modules, 4 x 4 = 16 components: r = 8 on each of the 2 chosen
+    for method, kept in (("value_only", "value"), ("query_only", "query")):
+        ranks = cache.read_result(budget_results, TASK, method, 0)["ranks"]
+        assert ranks == {f"bert.encoder.layer.{layer}.attention.self.{projection}": 8 if projection == kept else 0
+                         for layer in (0, 1) for projection in ("query", "value")}
+
+
+@pytest.mark.parametrize("projection, shapes, message", [
+    ("key", {"l.0.query": (8, 8), "l.0.value": (8, 8)}, "over the 0 'key' modules"),
+    ("value", {"l.0.query": (8, 8), "l.1.query": (8, 8), "l.0.value": (8, 8), "l.1.value": (8, 8),
+               "l.2.value": (8, 8)}, "20 components do not spread evenly over the 3 'value' modules")])
+def test_a_placement_that_cannot_hold_the_budget_evenly_is_refused(projection, shapes, message):
+    cell = types.SimpleNamespace(shapes=shapes, recipe=RECIPE, base_model=lambda: None)
+    with pytest.raises(ValueError, match=message):
+        methods.placement_method(projection)(cell)
 
 
 @pytest.mark.parametrize("method, preset", [("autolora", "default"), ("autolora_paper", "paper")])
@@ -499,7 +521,8 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
         for seed, value in enumerate(values):
             cache.write_result(root, scored(cache.read_result(budget_results, TASK, method, 0), seed, value))
     for method, values in (("uniform_r8", [0.81, 0.80, 0.82]), ("uniform_r2", [0.80, 0.81, 0.79]),
-                           ("head_only", [0.70, 0.72, 0.71]), ("uniform_r1", [0.76, 0.78, 0.77])):
+                           ("head_only", [0.70, 0.72, 0.71]), ("uniform_r1", [0.76, 0.78, 0.77]),
+                           ("value_only", [0.85, 0.87, 0.84]), ("query_only", [0.80, 0.80, 0.80])):
         for seed, value in enumerate(values):
             cache.write_result(root, scored({**uniform, "method": method}, seed, value))
     searched = cache.read_result(budget_results, TASK, "autolora", 0)
@@ -516,6 +539,12 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     assert "uniform r=2 − uniform r=1: +0.0300 [+0.0052, +0.0548], n=3, r=2 higher." in reading
     # r=4 − head alone: d = 0.10, 0.09, 0.08: mean 0.09, sd 0.01, half-width 4.303 * 0.01 / sqrt(3) = 0.0248
     assert "the head alone (no LoRA): +0.0900 [+0.0652, +0.1148], n=3, r=4 higher." in reading
+    # value only − query only: d = 0.05, 0.07, 0.04: mean 0.0533, sd 0.0153, half-width 4.303 * 0.0153 / sqrt(3) =
+    # 0.0379; value only − uniform r=4: d = 0.05, 0.06, 0.05: mean 0.0533, sd 0.00577, half-width 0.0143
+    placement = next(line for line in reading.splitlines() if "placement alone" in line)
+    assert ("value only − query only: +0.0533 [+0.0154, +0.0913], n=3, value only higher; value only − uniform r=4: "
+            "+0.0533 [+0.0390, +0.0677], n=3, value only higher; query only − uniform r=4: ") in placement
+    assert placement.endswith("n=3, within noise.")
     # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above
     assert "adalora: +0.0267 [+0.0123, +0.0410], n=3, AutoLoRA higher" in reading
     # first order − finite differences: d = 0.01, 0.01, -0.01: mean 0.0033, sd 0.0115, half-width 0.0287; ranks

@@ -22,6 +22,9 @@ hold 4 M rank-1 components in all, so with equal module shapes P = P_ref; each r
   energy readout; also on ``roget``, a task where rank may matter); ``autolora_long_energy`` is the default as it
   ships (first order) searched 6 times as long (900 steps) and read by the energy budget readout (on
   ``rotten_tomatoes_500`` only: its cells there took over 15 min each).
+* ``value_only``, ``query_only`` (context, on ``roget``): a fixed placement, every one of the 4 M components on
+  the value (query) projections (r = 8 each on MiniLM), none on the others: how far a placement alone can move the
+  score, at the budget, on a task where rank matters.
 * ``shuffled``: AutoLoRA's ranks of the same task and seed (read from its cached result), permuted across modules
   with the seed (``autolora.readout.shuffled_ranks``): the same histogram, the allocation destroyed.
 * ``eva``: PEFT's EVA (``get_eva_state_dict``, rho 2, r = 4, no label mask) on training batches; its per-module
@@ -51,6 +54,7 @@ from autolora.checkpoint import isolated_rng, seed_rng
 from autolora.config import AutoLoRAConfig
 from autolora.data import TaskData, make_loader
 from autolora.loading import use_eager_attention
+from autolora.plots import layer_and_projection
 from autolora.model import find_heads, find_target_modules, is_within
 from autolora.readout import shuffled_ranks
 from autolora.training import batch_stream, model_loss
@@ -318,6 +322,21 @@ def uniform_method(rank: int) -> Callable[[Cell], Outcome]:
     return run
 
 
+def placement_method(projection: str) -> Callable[[Cell], Outcome]:
+    """A fixed placement: the budget's reference_rank * M components spread evenly over the target modules whose
+    projection is ``projection`` (rank reference_rank * M / M_projection each), rank 0 on the others."""
+    def run(cell: Cell) -> Outcome:
+        base = cell.base_model()
+        chosen = [name for name in cell.shapes if layer_and_projection(name)[1] == projection]
+        budget = cell.recipe.reference_rank * len(cell.shapes)
+        if not chosen or budget % len(chosen):
+            raise ValueError(f"{budget} components do not spread evenly over the {len(chosen)} {projection!r} "
+                             f"modules of {list(cell.shapes)}")
+        ranks = {name: budget // len(chosen) if name in chosen else 0 for name in cell.shapes}
+        return Outcome(retrain(cell, ranks, base), ranks)
+    return run
+
+
 # ----------------------------------------------------------------------------------------------- PEFT: EVA, AdaLoRA
 
 def peft_task_type(cell: Cell) -> str:
@@ -471,6 +490,12 @@ METHODS = {method.name: method for method in (
            tasks_reason="whether rank matters at all"),
     Method("uniform_r8", uniform_method(8), False, False, False, "uniform LoRA r=8", on_tasks=ALL_TASKS,
            tasks_reason="whether rank matters at all"),
+    Method("value_only", placement_method("value"), False, True, False,
+           "every component on the value projections (r=8), none on query: a fixed placement at the budget",
+           on_tasks=("roget",), tasks_reason="how far placement alone moves the score where rank matters"),
+    Method("query_only", placement_method("query"), False, True, False,
+           "every component on the query projections (r=8), none on value: a fixed placement at the budget",
+           on_tasks=("roget",), tasks_reason="how far placement alone moves the score where rank matters"),
     Method("full_ft", run_full_ft, False, False, False, "full fine-tuning"),
     Method("head_only", run_head_only, False, False, False,
            "the task head alone trained, no LoRA (what the tasks score without any adapter)"),

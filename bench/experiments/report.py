@@ -422,8 +422,9 @@ def same_seed_rank_agreement(results: Results, task: str, first: str, second: st
 
 def task_reading(results: Results, task: str) -> list[str]:
     """The reading of one task: AutoLoRA against each control, whether rank matters at all on the task (uniform
-    r=8 − r=2, r=2 − r=1), whether an adapter does (uniform r=4 − the head alone), what the search's diagnostics
-    and rank stability say, first order against finite differences, and the cost."""
+    r=8 − r=2, r=2 − r=1), whether an adapter does (uniform r=4 − the head alone), whether placement alone does (the
+    whole budget on value against on query, and each against uniform r=4), what the search's diagnostics and rank
+    stability say, first order against finite differences, and the cost."""
     lines = [f"* **{task}**, AutoLoRA − " + "; ".join(
         f"{control}: {difference_text(results, task, SUBJECT, control)}" for control in CONTROLS) + "."]
     for high, low in ((8, 2), (2, 1)):
@@ -433,6 +434,13 @@ def task_reading(results: Results, task: str) -> list[str]:
     if results.seeds(task, "uniform_r4") and results.seeds(task, "head_only"):
         lines.append(f"  * Does an adapter matter at all? uniform r=4 − the head alone (no LoRA): "
                      f"{difference_text(results, task, 'uniform_r4', 'head_only', 'r=4')}.")
+    if results.seeds(task, "value_only") and results.seeds(task, "query_only"):
+        label = {"value_only": "value only", "query_only": "query only", REFERENCE: "uniform r=4"}
+        lines.append("  * Does placement alone matter on this task? Every component on one projection, at the budget: "
+                     + "; ".join(f"{label[subject]} − {label[control]}: "
+                                 f"{difference_text(results, task, subject, control, label[subject])}"
+                                 for subject, control in (("value_only", "query_only"), ("value_only", REFERENCE),
+                                                          ("query_only", REFERENCE))) + ".")
     searches = [r["search"] for r in results.seeds(task, SUBJECT).values() if r.get("search")]
     stability = {name: stats.rank_stability({s: r["ranks"] for s, r in results.seeds(task, name).items()})[0]
                  for name in (SUBJECT, "eva", "adalora")}
