@@ -544,7 +544,12 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     placement = next(line for line in reading.splitlines() if "placement alone" in line)
     assert ("value only − query only: +0.0533 [+0.0154, +0.0913], n=3, value only higher; value only − uniform r=4: "
             "+0.0533 [+0.0390, +0.0677], n=3, value only higher; query only − uniform r=4: ") in placement
-    assert placement.endswith("n=3, within noise.")
+    # the share of each allocation's components on value, read off the records' ranks by the module names' ending
+    shares = {method: sum(r for name, r in ranks.items() if name.endswith(".value")) / sum(ranks.values())
+              for method in ("autolora", "shuffled", "eva", "adalora")
+              for ranks in [cache.read_result(budget_results, TASK, method, 0)["ranks"]]}
+    assert placement.endswith("n=3, within noise. Share of the components each allocation puts on value, mean over "
+                              "seeds: " + ", ".join(f"{method} {share:.2f}" for method, share in shares.items()) + ".")
     # adalora: d = 0.03, 0.03, 0.02: mean 0.0267, sd 0.00577, half-width 0.0143 -> above
     assert "adalora: +0.0267 [+0.0123, +0.0410], n=3, AutoLoRA higher" in reading
     # first order − finite differences: d = 0.01, 0.01, -0.01: mean 0.0033, sd 0.0115, half-width 0.0287; ranks
@@ -560,6 +565,15 @@ def test_reading_names_the_tasks_where_autolora_beats_every_control(budget_resul
     cache.write_result(root, scored(wnut, 0, 0.5))
     reading = report.write_report(root, str(tmp_path / "results.md"), str(tmp_path / "figures")).split("## Reading")[1]
     assert "none of the 2 tasks run so far (wnut16_500: one seed so far, no interval yet)." in reading
+
+
+def test_projection_share_is_the_mean_over_seeds_of_each_allocations_share():
+    records = [{"task": "roget", "method": "autolora", "seed": 0, "ranks": {"l.0.query": 1, "l.0.value": 3}},
+               {"task": "roget", "method": "autolora", "seed": 1, "ranks": {"l.0.query": 2, "l.0.value": 2}}]
+    results = report.Results(records)
+    assert report.projection_share(results, "roget", "autolora", "value") == pytest.approx((0.75 + 0.5) / 2)
+    assert report.projection_share(results, "roget", "autolora", "query") == pytest.approx((0.25 + 0.5) / 2)
+    assert report.projection_share(results, "roget", "eva", "value") is None
 
 
 def test_cost_table_reports_each_cell_against_its_own_retraining(budget_results, tmp_path):

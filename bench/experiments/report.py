@@ -420,11 +420,20 @@ def same_seed_rank_agreement(results: Results, task: str, first: str, second: st
     return mean_or_none(values), len(values)
 
 
+def projection_share(results: Results, task: str, method: str, projection: str) -> float | None:
+    """Mean over seeds of sum of ranks on the modules of ``projection`` / sum of all ranks (None without
+    results)."""
+    def share(record: dict) -> float:
+        ranks = record["ranks"]
+        return sum(r for name, r in ranks.items() if layer_and_projection(name)[1] == projection) / sum(ranks.values())
+    return results.mean_of(task, method, share)
+
+
 def task_reading(results: Results, task: str) -> list[str]:
     """The reading of one task: AutoLoRA against each control, whether rank matters at all on the task (uniform
     r=8 − r=2, r=2 − r=1), whether an adapter does (uniform r=4 − the head alone), whether placement alone does (the
-    whole budget on value against on query, and each against uniform r=4), what the search's diagnostics and rank
-    stability say, first order against finite differences, and the cost."""
+    whole budget on value against on query, and each against uniform r=4; the share each allocation puts on value),
+    what the search's diagnostics and rank stability say, first order against finite differences, and the cost."""
     lines = [f"* **{task}**, AutoLoRA − " + "; ".join(
         f"{control}: {difference_text(results, task, SUBJECT, control)}" for control in CONTROLS) + "."]
     for high, low in ((8, 2), (2, 1)):
@@ -440,7 +449,10 @@ def task_reading(results: Results, task: str) -> list[str]:
                      + "; ".join(f"{label[subject]} − {label[control]}: "
                                  f"{difference_text(results, task, subject, control, label[subject])}"
                                  for subject, control in (("value_only", "query_only"), ("value_only", REFERENCE),
-                                                          ("query_only", REFERENCE))) + ".")
+                                                          ("query_only", REFERENCE)))
+                     + ". Share of the components each allocation puts on value, mean over seeds: "
+                     + ", ".join(f"{name} {fmt(share, 2)}" for name in (SUBJECT, "autolora_energy") + CONTROLS[1:]
+                                 if (share := projection_share(results, task, name, "value")) is not None) + ".")
     searches = [r["search"] for r in results.seeds(task, SUBJECT).values() if r.get("search")]
     stability = {name: stats.rank_stability({s: r["ranks"] for s, r in results.seeds(task, name).items()})[0]
                  for name in (SUBJECT, "eva", "adalora")}
