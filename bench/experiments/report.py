@@ -5,13 +5,13 @@
 Tables: test score mean +- std per (task, method); per control the paired difference AutoLoRA - control over the
 seeds both have, with its 95% paired-t interval ("within noise" when the interval contains 0); the parameter
 budget of every method; rank stability (mean Spearman between seeds), also of the margin and energy budget
-readouts of the same searches; cost (wall time per method over uniform
-LoRA r=4, with a 16-configuration rank grid extrapolated as 16 uniform runs); AutoLoRA's search diagnostics; and a
-reading per task (the paired intervals, whether rank matters at all there, the search's separation and rank
-stability, first order against finite differences) ending with the tasks, if any, where AutoLoRA is above every
-control. Rows without results say "not run yet", or "not planned" where the plan runs that method on other tasks
-only (the context rows run on the low-data tasks); the per-task paired, cost and diagnostics tables list the planned
-rows only.
+readouts of the same searches; cost (wall time per method over uniform LoRA r=4, with a 16-configuration rank grid
+extrapolated as 16 uniform runs); AutoLoRA's search diagnostics; and a reading per task (the paired intervals,
+whether rank matters at all there, whether placement alone does, the search's separation and rank stability, first
+order against finite differences) ending with the tasks, if any, where AutoLoRA is above every control. Rows
+without results say "not run yet", or "not planned" where the plan runs that method on other tasks only (the
+context rows run on the low-data tasks); the per-task paired, cost and diagnostics tables list the planned rows
+only.
 """
 from __future__ import annotations
 
