@@ -54,8 +54,8 @@ from autolora.checkpoint import isolated_rng, seed_rng
 from autolora.config import AutoLoRAConfig
 from autolora.data import TaskData, make_loader
 from autolora.loading import use_eager_attention
-from autolora.plots import layer_and_projection
 from autolora.model import find_heads, find_target_modules, is_within
+from autolora.plots import layer_and_projection
 from autolora.readout import shuffled_ranks
 from autolora.training import batch_stream, model_loss
 
