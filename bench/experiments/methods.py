@@ -312,29 +312,33 @@ def run_shuffled(cell: Cell) -> Outcome:
     return Outcome(retrain(cell, ranks), ranks, {"source_ranks": source["ranks"]})
 
 
-# ------------------------------------------------------------------------------------------------------ uniform
+# ------------------------------------------------------------------------------- fixed allocations: uniform, placement
 
-def uniform_method(rank: int) -> Callable[[Cell], Outcome]:
+def fixed_method(allocate: Callable[[Cell], dict[str, int]]) -> Callable[[Cell], Outcome]:
+    """A row whose ranks do not depend on data: ``allocate(cell)`` -> {target module: rank} (after the base model
+    is loaded, which records ``cell.shapes``), then the recipe's retraining."""
     def run(cell: Cell) -> Outcome:
         base = cell.base_model()
-        ranks = dict.fromkeys(cell.shapes, rank)
+        ranks = allocate(cell)
         return Outcome(retrain(cell, ranks, base), ranks)
     return run
+
+
+def uniform_method(rank: int) -> Callable[[Cell], Outcome]:
+    return fixed_method(lambda cell: dict.fromkeys(cell.shapes, rank))
 
 
 def placement_method(projection: str) -> Callable[[Cell], Outcome]:
     """A fixed placement: the budget's reference_rank * M components spread evenly over the target modules whose
     projection is ``projection`` (rank reference_rank * M / M_projection each), rank 0 on the others."""
-    def run(cell: Cell) -> Outcome:
-        base = cell.base_model()
+    def allocate(cell: Cell) -> dict[str, int]:
         chosen = [name for name in cell.shapes if layer_and_projection(name)[1] == projection]
         budget = cell.recipe.reference_rank * len(cell.shapes)
         if not chosen or budget % len(chosen):
             raise ValueError(f"{budget} components do not spread evenly over the {len(chosen)} {projection!r} "
                              f"modules of {list(cell.shapes)}")
-        ranks = {name: budget // len(chosen) if name in chosen else 0 for name in cell.shapes}
-        return Outcome(retrain(cell, ranks, base), ranks)
-    return run
+        return {name: budget // len(chosen) if name in chosen else 0 for name in cell.shapes}
+    return fixed_method(allocate)
 
 
 # ----------------------------------------------------------------------------------------------- PEFT: EVA, AdaLoRA
